@@ -1,0 +1,20 @@
+"""lie_helpers: training examples as vector fields on parameter space, and their Lie brackets.
+
+The bracket engine is exported here; the rest lives in submodules:
+`toy` (quadratics and small nets for the theory), `celeba` (data), `mxresnet` (model),
+`train` (training with checkpoints), `analysis` (brackets at checkpoints), `plots`.
+"""
+from .brackets import (
+    BracketMatrix,
+    bracket_matrix,
+    gradient,
+    hvp,
+    lie_bracket,
+    pushforward,
+    rms_per_tensor,
+    swap_difference,
+)
+from .config import get_profile
+
+__all__ = ["BracketMatrix", "bracket_matrix", "gradient", "hvp", "lie_bracket", "pushforward",
+           "rms_per_tensor", "swap_difference", "get_profile"]

@@ -1,0 +1,61 @@
+"""Atomic file writes: a reader (or a resumed run) never sees half a file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(path):
+    """Read JSON, naming the file and the fix when it is missing or corrupt."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is corrupt ({err}); delete it and re-run the step that writes it.") from err
+
+
+def atomic_save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
+    """Save a dict of tensors as safetensors, atomically. Metadata values become strings."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_tensors(path) -> dict:
+    """Load a safetensors file, naming the file and the fix when it is corrupt."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise ValueError(f"{path} is corrupt or not a safetensors file ({err}); "
+                         "delete it and re-run the step that writes it.") from err
