@@ -1,0 +1,295 @@
+"""The bracket engine: per-example gradient fields, their Lie brackets, and swap differences.
+
+Every training example x is a vector field on parameter space, v(x)(θ) = −∇θ L(x; θ).
+The Lie bracket of two such fields is
+
+    [v(x), v(y)] = (v(x)·∇) v(y) − (v(y)·∇) v(x) = H_y g_x − H_x g_y,
+
+with g = ∇L and H = ∇²L of one example. It is the leading term of how much the order of
+two SGD steps matters: swap_difference(x, y, lr) = θ_xy − θ_yx = lr² [v(x), v(y)] + O(lr³).
+
+Conventions (shared/DESIGN.md §2):
+- an example is (inputs, targets) with a leading batch dimension of 1, and its loss is
+  loss_fn(model(inputs), targets), a scalar;
+- fields and brackets are dicts name -> tensor keyed like model.named_parameters();
+- BatchNorm uses running statistics (bn_mode="eval") unless bn_mode="train", which gives
+  each example its own batch statistics; TF32 is off; the model's parameters, buffers and
+  train/eval mode are never changed.
+
+Two implementations on purpose: `lie_bracket` is the plain double-backward formula (one
+pair at a time, easy to audit); `bracket_matrix` computes all pairs of N examples with
+N gradients and N batched forward-over-reverse Hessian-vector products, and is verified
+against `lie_bracket` in the tests.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+Example = tuple  # (inputs, targets), each with a leading batch dimension of 1
+Params = dict  # name -> tensor, keyed like model.named_parameters()
+
+BN_MODES = ("eval", "train")
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+@contextlib.contextmanager
+def tf32_disabled():
+    """Turn TF32 off for matmuls and cuDNN convolutions (it silently drops float32 to 10 bits)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def bracket_mode(model: nn.Module, bn_mode: str = "eval"):
+    """Put `model` in the mode the fields are defined in, TF32 off; restore everything on exit.
+
+    "eval": every module in eval mode, BatchNorm uses its running statistics.
+    "train": BatchNorm normalises with the statistics of the example itself and its running
+    statistics are detached for the duration, so they are neither used nor updated; every
+    other module stays in eval mode (no dropout noise in a field).
+    """
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}.")
+    modes = {m: m.training for m in model.modules()}
+    batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved_stats = [(m.running_mean, m.running_var, m.track_running_stats) for m in batch_norms]
+    try:
+        model.eval()
+        if bn_mode == "train":
+            for m in batch_norms:
+                m.train()
+                m.running_mean, m.running_var, m.track_running_stats = None, None, False
+        with tf32_disabled():
+            yield
+    finally:
+        for m, (mean, var, track) in zip(batch_norms, saved_stats):
+            m.running_mean, m.running_var, m.track_running_stats = mean, var, track
+        for m, was_training in modes.items():
+            m.training = was_training
+
+
+def parameters_of(model: nn.Module) -> Params:
+    """The model's parameters as a dict of detached tensors (the point θ the fields are taken at)."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no parameters: there is no field to take a bracket of.")
+    return params
+
+
+def check_example(example, name: str = "example", params: Params | None = None) -> Example:
+    """Validate an (inputs, targets) pair with a leading batch dimension of 1."""
+    if not (isinstance(example, (tuple, list)) and len(example) == 2
+            and all(isinstance(t, torch.Tensor) for t in example)):
+        raise TypeError(f"{name} must be a pair (inputs, targets) of tensors.")
+    for part, tensor in zip(("inputs", "targets"), example):
+        if tensor.dim() == 0 or tensor.shape[0] != 1:
+            raise ValueError(
+                f"{name} {part} has shape {tuple(tensor.shape)}: an example needs a leading batch "
+                f"dimension of 1 (use t[None] or t[i:i+1]).")
+    if params is not None:
+        dtype = next(iter(params.values())).dtype
+        if example[0].is_floating_point() and example[0].dtype != dtype:
+            raise ValueError(f"{name} inputs are {example[0].dtype} but the model is {dtype}: convert one.")
+    return tuple(example)
+
+
+def check_pair(example_x, example_y, params: Params) -> tuple[Example, Example]:
+    x = check_example(example_x, "example_x", params)
+    y = check_example(example_y, "example_y", params)
+    for part, a, b in zip(("inputs", "targets"), x, y):
+        if a.shape != b.shape:
+            raise ValueError(f"example_x and example_y {part} have different shapes: "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}.")
+    return x, y
+
+
+def example_loss(model: nn.Module, loss_fn: Callable) -> Callable:
+    """θ, inputs, targets -> the scalar loss at parameters θ (a pure function for torch.func)."""
+    def loss_at(params: Params, inputs, targets):
+        loss = loss_fn(functional_call(model, params, (inputs,)), targets)
+        if loss.dim() != 0:
+            raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)} "
+                             "(use reduction='mean' or 'sum').")
+        return loss
+    return loss_at
+
+
+# ----------------------------------------------------------------------------- dict arithmetic
+
+
+def axpy(a: float, x: Params, y: Params) -> Params:
+    """a·x + y, name by name."""
+    return {n: a * x[n] + y[n] for n in y}
+
+
+def detached(field_: Params) -> Params:
+    return {n: t.detach() for n, t in field_.items()}
+
+
+def stack(fields: list[Params]) -> Params:
+    return {n: torch.stack([f[n] for f in fields]) for n in fields[0]}
+
+
+def rms_per_tensor(field_: Params) -> dict[str, float]:
+    """Root-mean-square of each tensor of a field: the write-up's per-tensor summary."""
+    return {n: t.detach().double().pow(2).mean().sqrt().item() for n, t in field_.items()}
+
+
+# ----------------------------------------------------------------------------- fields
+
+
+def gradient(model: nn.Module, loss_fn: Callable, example: Example, *, bn_mode: str = "eval") -> Params:
+    """g = ∇θ L(example); the example's field is v = −g."""
+    params = parameters_of(model)
+    inputs, targets = check_example(example, params=params)
+    with bracket_mode(model, bn_mode):
+        return grad(example_loss(model, loss_fn))(params, inputs, targets)
+
+
+def hvp(model: nn.Module, loss_fn: Callable, example: Example, vector: Params, *,
+        bn_mode: str = "eval") -> Params:
+    """H·vector, the Hessian of the example's loss times `vector`.
+
+    Reverse-over-reverse (a vector-Jacobian product of the gradient; H is symmetric). On
+    the CPU it is the fastest of the three orderings, and unlike forward-over-reverse it
+    works for every loss (forward AD of mse_loss's backward fails in PyTorch 2.14).
+    """
+    params = parameters_of(model)
+    inputs, targets = check_example(example, params=params)
+    if vector.keys() != params.keys():
+        raise ValueError("vector must have the same keys as model.named_parameters().")
+    grad_at = grad(example_loss(model, loss_fn))
+    with bracket_mode(model, bn_mode):
+        product = vjp(lambda p: grad_at(p, inputs, targets), params)[1](vector)[0]
+    return detached(product)  # train-mode BatchNorm leaves a graph attached
+
+
+def lie_bracket(model: nn.Module, loss_fn: Callable, example_x: Example, example_y: Example, *,
+                bn_mode: str = "eval") -> Params:
+    """[v(x), v(y)] = H_y g_x − H_x g_y, by plain double backward.
+
+    One backward pass through both gradient graphs: H_y g_x − H_x g_y is the gradient of
+    ⟨g_y(θ), g_x⟩ − ⟨g_x(θ), g_y⟩ with the right-hand factors held constant.
+    """
+    params = parameters_of(model)
+    (xi, xt), (yi, yt) = check_pair(example_x, example_y, params)
+    loss_at = example_loss(model, loss_fn)
+    leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+    names, tensors = list(leaves), list(leaves.values())
+    with bracket_mode(model, bn_mode), torch.enable_grad():
+        gx = torch.autograd.grad(loss_at(leaves, xi, xt), tensors, create_graph=True, allow_unused=True,
+                                 materialize_grads=True)
+        gy = torch.autograd.grad(loss_at(leaves, yi, yt), tensors, create_graph=True, allow_unused=True,
+                                 materialize_grads=True)
+        pairing = sum((b * a.detach()).sum() - (a * b.detach()).sum() for a, b in zip(gx, gy))
+        bracket = torch.autograd.grad(pairing, tensors, allow_unused=True, materialize_grads=True)
+    return detached(dict(zip(names, bracket)))
+
+
+def swap_difference(model: nn.Module, loss_fn: Callable, example_x: Example, example_y: Example,
+                    lr: float, *, bn_mode: str = "eval") -> Params:
+    """θ_xy − θ_yx: plain SGD steps (θ ← θ − lr·∇L) on x then y, minus on y then x.
+
+    Equals lr²·lie_bracket(x, y) + O(lr³); exactly so for quadratic losses. Use float64:
+    the difference of two nearly equal parameter vectors loses the float32 digits.
+    """
+    params = parameters_of(model)
+    x, y = check_pair(example_x, example_y, params)
+    grad_at = grad(example_loss(model, loss_fn))
+
+    def step(theta, example):
+        return axpy(-lr, grad_at(theta, *example), theta)
+
+    with bracket_mode(model, bn_mode):
+        theta_xy = step(step(params, x), y)
+        theta_yx = step(step(params, y), x)
+    return {n: theta_xy[n] - theta_yx[n] for n in params}
+
+
+def pushforward(model: nn.Module, inputs: torch.Tensor, direction: Params, *,
+                bn_mode: str = "eval") -> torch.Tensor:
+    """The change of model(inputs) when θ moves along `direction` (a Jacobian-vector product).
+
+    Pushing a bracket forward shows its effect on every output of a fixed batch.
+    """
+    params = parameters_of(model)
+    with bracket_mode(model, bn_mode):
+        return jvp(lambda p: functional_call(model, p, (inputs,)), (params,), (direction,))[1]
+
+
+# ----------------------------------------------------------------------------- all pairs at once
+
+
+@dataclass
+class BracketMatrix:
+    """All pairwise brackets among N examples, each reduced as soon as it was complete.
+
+    brackets[(i, j)] for i < j is reduce([v_i, v_j]) (the bracket dict itself by default);
+    [v_j, v_i] = −[v_i, v_j]. gradients[i] is reduce_gradient(∇L_i).
+    """
+    n: int
+    brackets: dict = field(default_factory=dict)
+    gradients: list = field(default_factory=list)
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(self.n) for j in range(i + 1, self.n)]
+
+
+def bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, *,
+                   reduce: Callable | None = None, reduce_gradient: Callable | None = None,
+                   bn_mode: str = "eval") -> BracketMatrix:
+    """All N(N−1)/2 brackets among the examples (inputs[i:i+1], targets[i:i+1]), with the least work.
+
+    Work: N per-example gradient graphs (their values are the gradients), then for each
+    example j one call that applies H_j to the other N−1 gradients at once (a vector-Jacobian
+    product of the gradient, vmapped over tangents). [v_i, v_j] = H_j g_i − H_i g_j is
+    assembled as soon as both products exist, handed to `reduce` (e.g. per-tensor RMS, a
+    pushforward onto logits) and dropped, so at most about N²/4 parameter-sized products
+    are held at once and no caller needs all N² full brackets in memory.
+    """
+    params = parameters_of(model)
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(f"inputs and targets hold different numbers of examples: "
+                         f"{inputs.shape[0]} and {targets.shape[0]}.")
+    n = inputs.shape[0]
+    if n < 2:
+        raise ValueError(f"bracket_matrix needs at least 2 examples, got {n}.")
+    check_example((inputs[:1], targets[:1]), "inputs[0]", params)
+    reduce = reduce or (lambda b: b)
+    reduce_gradient = reduce_gradient or (lambda g: g)
+    grad_at = grad(example_loss(model, loss_fn))
+    result = BracketMatrix(n)
+    pending = {}  # (i, j) -> H_i g_j for i < j, waiting for H_j g_i
+    with bracket_mode(model, bn_mode):
+        # One gradient graph per example: its value is g_j, its vector-Jacobian product is H_j·.
+        rows = [vjp(lambda p, j=j: grad_at(p, inputs[j:j + 1], targets[j:j + 1]), params)
+                for j in range(n)]
+        gradients = stack([g for g, _ in rows])
+        result.gradients = [reduce_gradient(g) for g, _ in rows]
+        for j in range(n):
+            others = [i for i in range(n) if i != j]
+            hvps = detached(vmap(rows[j][1])({k: t[others] for k, t in gradients.items()})[0])
+            rows[j] = None  # free example j's graph
+            for slot, i in enumerate(others):
+                h_j_g_i = {k: t[slot] for k, t in hvps.items()}
+                if i < j:
+                    h_i_g_j = pending.pop((i, j))
+                    result.brackets[(i, j)] = reduce({k: h_j_g_i[k] - h_i_g_j[k] for k in params})
+                else:
+                    pending[(j, i)] = {k: t.clone() for k, t in h_j_g_i.items()}
+            del hvps
+    return result
