@@ -102,6 +102,15 @@ def test_bracket_matrix_equals_pairwise_double_backward(bn_mode):
         assert rel_err(matrix.gradients[i], lh.gradient(model, loss_fn, example(x, y, i), bn_mode=bn_mode)) < 1e-12
 
 
+def test_bracket_matrix_in_chunks_equals_all_at_once():
+    model, (x, y) = conv_net(), data(n=5)
+    together = lh.bracket_matrix(model, loss_fn, x, y)
+    for pairs_per_call in (1, 3):
+        chunked = lh.bracket_matrix(model, loss_fn, x, y, pairs_per_call=pairs_per_call)
+        for pair in together.pairs:
+            assert rel_err(chunked.brackets[pair], together.brackets[pair]) < 1e-13
+
+
 def test_bracket_matrix_reduces_on_the_fly():
     model, (x, y) = conv_net(), data(n=3)
     batch = data(n=5, seed=7)[0]
