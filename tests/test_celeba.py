@@ -1,0 +1,304 @@
+"""CelebA data: generated CelebA-format folders, torchvision's loading path, the tensor cache, errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+from torchvision.datasets import CelebA
+
+from lie_helpers import celeba
+from lie_helpers.attributes import ATTRIBUTES
+from lie_helpers.config import get_profile
+
+N = 60
+IDX = {a: i for i, a in enumerate(ATTRIBUTES)}
+TEXT = [name for name, _, _ in celeba.TEXT_FILES]
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+    """A small generated folder shared by the read-only tests."""
+    return celeba.generate_celeba(tmp_path_factory.mktemp("gen") / "data", N, seed=0, progress=False)
+
+
+@pytest.fixture
+def copy(gen, tmp_path):
+    """A private copy of the generated folder, for tests that damage it."""
+    dst = tmp_path / "copy"
+    shutil.copytree(gen / "celeba", dst / "celeba")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return celeba.sample_attributes(4000, seed=1)
+
+
+def _digests(root):
+    base = root / "celeba"
+    return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------- layout
+def test_layout_and_text_formats(gen):
+    base = gen / "celeba"
+    for name in TEXT + ["ground_truth.json", "hair_shade.txt"]:
+        assert (base / name).is_file(), name
+    lines = (base / "list_attr_celeba.txt").read_text().splitlines()
+    assert lines[0] == str(N)
+    assert tuple(lines[1].split()) == ATTRIBUTES
+    assert len(lines) == N + 2
+    first = lines[2].split()
+    assert first[0] == "000001.jpg" and len(first) == 41 and set(first[1:]) <= {"-1", "1"}
+    assert lines[2][10:14] in (" -1 ", "  1 ")          # CelebA's two-character columns
+    part = [int(line.split()[1]) for line in (base / "list_eval_partition.txt").read_text().splitlines()]
+    assert part == sorted(part)                          # contiguous, as in CelebA
+    assert [part.count(k) for k in (0, 1, 2)] == list(celeba.split_sizes(N)) == [48, 6, 6]
+    bbox = (base / "list_bbox_celeba.txt").read_text().splitlines()
+    assert bbox[0] == str(N) and bbox[1].split() == ["image_id", "x_1", "y_1", "width", "height"]
+    marks = (base / "list_landmarks_align_celeba.txt").read_text().splitlines()
+    assert marks[0] == str(N) and len(marks[1].split()) == 10 and len(marks[2].split()) == 11
+    images = sorted((base / "img_align_celeba").iterdir())
+    assert [p.name for p in images] == [f"{i:06d}.jpg" for i in range(1, N + 1)]
+    with Image.open(images[0]) as im:
+        assert (im.format, im.size, im.mode) == ("JPEG", (178, 218), "RGB")
+    assert not list(gen.glob(".celeba.partial-*"))
+
+
+@pytest.mark.parametrize("split,count", [("train", 48), ("valid", 6), ("test", 6), ("all", N)])
+def test_torchvision_celeba_path_loads_each_split(gen, split, count):
+    ds = celeba.CelebAFolder(gen, split=split, target_type=["attr", "identity", "bbox", "landmarks"],
+                             verify_checksums=False)
+    assert isinstance(ds, CelebA) and len(ds) == count
+    assert ds.attr.shape == (count, 40) and set(ds.attr.unique().tolist()) <= {0, 1}
+    assert tuple(ds.attr_names) == ATTRIBUTES
+    image, (attr, identity, bbox, landmarks) = ds[0]
+    assert image.size == (178, 218) and attr.shape == (40,) and bbox.shape == (4,) and landmarks.shape == (10,)
+    rows = (gen / "celeba" / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    expected = {r.split()[0]: [(int(v) + 1) // 2 for v in r.split()[1:]] for r in rows}
+    assert ds.attr.tolist() == [expected[name] for name in ds.filename]
+
+
+def test_checksum_check_is_on_by_default_and_skipped_explicitly(gen):
+    with pytest.raises(ValueError, match="GENERATED.*verify_checksums=False"):
+        celeba.CelebAFolder(gen, split="test")
+    with pytest.raises(ValueError, match="verify_checksums=False"):
+        celeba.load_split_tensors(gen, "test", 16, progress=False)
+    with pytest.raises(RuntimeError):                    # why the subclass exists
+        CelebA(gen, split="test")
+    assert len(celeba.CelebAFolder(gen, split="test", verify_checksums=False)) == 6
+
+
+# ---------------------------------------------------------------------------- generator
+def test_generation_is_deterministic_and_idempotent(gen, tmp_path):
+    again = celeba.generate_celeba(tmp_path / "again", N, seed=0, progress=False)
+    assert _digests(again) == _digests(gen)
+    other = celeba.generate_celeba(tmp_path / "other", N, seed=1, progress=False)
+    assert _digests(other)["list_attr_celeba.txt"] != _digests(gen)["list_attr_celeba.txt"]
+    stamp = os.stat(again / "celeba" / "list_attr_celeba.txt").st_mtime_ns
+    assert celeba.generate_celeba(again, N, seed=0, progress=False) == again      # no work
+    assert os.stat(again / "celeba" / "list_attr_celeba.txt").st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other parameters"):
+        celeba.generate_celeba(again, N, seed=5, progress=False)
+    celeba.generate_celeba(again, 20, seed=5, progress=False, overwrite=True)
+    assert json.loads((again / "celeba" / "ground_truth.json").read_text())["n_images"] == 20
+
+
+def test_interrupted_generation_never_looks_complete(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = celeba.render_face
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(celeba, "render_face", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        celeba.generate_celeba(tmp_path, 30, seed=0, progress=False)
+    assert not (tmp_path / "celeba").exists() and not list(tmp_path.glob(".celeba.partial-*"))
+    monkeypatch.setattr(celeba, "render_face", real)
+    stale = tmp_path / f".celeba.partial-{2**22 + 17}-dead"      # left by a killed process
+    stale.mkdir()
+    celeba.generate_celeba(tmp_path, 30, seed=0, progress=False)
+    assert (tmp_path / "celeba" / "ground_truth.json").exists() and not stale.exists()
+    real_like = tmp_path / "real"
+    (real_like / "celeba").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not hold data generated"):
+        celeba.generate_celeba(real_like, 30, overwrite=True, progress=False)
+
+
+@pytest.mark.slow
+def test_parallel_generation_gives_the_same_bytes(gen, tmp_path):
+    par = celeba.generate_celeba(tmp_path, N, seed=0, progress=False, workers=2)
+    assert _digests(par) == _digests(gen)
+
+
+def test_base_rates_and_exclusivity(sample):
+    attrs, _ = sample
+    rates = attrs.mean(axis=0)
+    for i, name in enumerate(ATTRIBUTES):
+        assert abs(rates[i] - celeba.CELEBA_BASE_RATES[name]) < 0.03, name
+    hair = attrs[:, [IDX[a] for a in celeba.HAIR_COLOURS]]
+    assert hair.sum(axis=1).max() == 1 and (hair.sum(axis=1) == 0).any()
+    assert (attrs[:, IDX["Straight_Hair"]] + attrs[:, IDX["Wavy_Hair"]]).max() == 1
+    bald = attrs[:, IDX["Bald"]] == 1
+    assert hair[bald].sum() == 0 and attrs[bald, IDX["Bangs"]].sum() == 0
+    no_beard = attrs[:, IDX["No_Beard"]] == 1
+    assert attrs[no_beard][:, [IDX["Goatee"], IDX["Mustache"], IDX["Sideburns"]]].sum() == 0
+
+
+def test_correlations_and_noise(sample):
+    attrs, _ = sample
+    for a, b, sign, _ in celeba.CORRELATED_PAIRS:
+        assert sign * celeba._phi(attrs[:, IDX[a]], attrs[:, IDX[b]]) > 0.1, (a, b)
+    for a in celeba.NOISE_ATTRIBUTES:
+        for b in ATTRIBUTES:
+            if a != b:
+                assert abs(celeba._phi(attrs[:, IDX[a]], attrs[:, IDX[b]])) < 0.08, (a, b)
+
+
+def test_black_brown_shades_overlap(sample):
+    attrs, hair_z = sample
+    shade = celeba.hair_shade(attrs, hair_z)
+    black, brown = attrs[:, IDX["Black_Hair"]] == 1, attrs[:, IDX["Brown_Hair"]] == 1
+    assert np.isnan(shade[~(black | brown)]).all() and not np.isnan(shade[black | brown]).any()
+    assert shade[black].max() > shade[brown].min()
+    post = celeba.black_posterior(shade)
+    assert (post[black] < 0.5).mean() > 0.02 and (post[brown] > 0.5).mean() > 0.02
+    gt = celeba._ground_truth(attrs, hair_z, len(attrs), 1, [f"{i:06d}.jpg" for i in range(len(attrs))])
+    pair = gt["ambiguous_pairs"][0]
+    assert pair["attributes"] == ["Black_Hair", "Brown_Hair"] and 0.03 < pair["bayes_error"] < 0.2
+    assert len(pair["ambiguous_images"]) > 50
+
+
+def test_visible_attributes_change_the_drawing_and_others_do_not():
+    base = np.zeros(40, dtype=np.int8)
+    base[IDX["No_Beard"]] = base[IDX["Young"]] = 1
+    ref = np.asarray(celeba.render_face(base, seed=(0, 7))[0])
+    for name in ATTRIBUTES:
+        row = base.copy()
+        row[IDX[name]] = 1 - row[IDX[name]]
+        changed = not np.array_equal(np.asarray(celeba.render_face(row, seed=(0, 7))[0]), ref)
+        assert changed == (name in celeba.VISIBLE_ATTRIBUTES), name
+
+
+def test_ground_truth_json(gen):
+    gt = json.loads((gen / "celeba" / "ground_truth.json").read_text())
+    assert gt["seed"] == 0 and gt["n_images"] == N and gt["generator_version"] == celeba.GENERATOR_VERSION
+    assert gt["exclusive_groups"][0] == ["Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"]
+    groups = gt["visible_attributes"] + gt["hidden_correlated_attributes"] + gt["noise_attributes"]
+    assert sorted(groups) == sorted(ATTRIBUTES) and len(groups) == 40
+    assert gt["base_rates"]["Male"] == 0.417 and set(gt["realised_rates"]) == set(ATTRIBUTES)
+    assert {"Male", "Goatee"} in [set(p["attributes"]) for p in gt["correlated_pairs"]]
+    assert gt["splits"]["train"] == 48
+
+
+# ---------------------------------------------------------------------------- cache
+def test_cache_build_reuse_and_rebuild(copy, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    images, attrs = celeba.load_split_tensors(copy, "train", 32, verify_checksums=False, cache_dir=cache,
+                                              progress=False)
+    assert images.shape == (48, 3, 32, 32) and images.dtype == torch.uint8
+    assert attrs.shape == (48, 40) and set(attrs.unique().tolist()) <= {0, 1}
+    ds = celeba.CelebAFolder(copy, "train", verify_checksums=False,
+                             transform=transforms.Compose([transforms.CenterCrop(178), transforms.Resize(32),
+                                                           transforms.PILToTensor()]))
+    assert torch.equal(attrs, ds.attr)
+    assert torch.equal(images[3], ds[3][0])           # the same preprocessing as torchvision's transforms
+    files = list(cache.glob("*.safetensors"))
+    assert len(files) == 1 and celeba.data_fingerprint(copy) in files[0].name
+
+    def boom(*args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(celeba, "_decode", boom)
+    images2, attrs2 = celeba.load_split_tensors(copy, "train", 32, verify_checksums=False, cache_dir=cache,
+                                                progress=False)
+    assert torch.equal(images, images2) and torch.equal(attrs, attrs2)
+    monkeypatch.undo()
+
+    fp = celeba.data_fingerprint(copy)
+    path = copy / "celeba" / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    values = lines[2].split()
+    values[1 + IDX["Smiling"]] = "1" if values[1 + IDX["Smiling"]] == "-1" else "-1"
+    lines[2] = values[0] + " " + " ".join(f"{int(v):2d}" for v in values[1:])
+    path.write_text("\n".join(lines) + "\n")
+    assert celeba.data_fingerprint(copy) != fp
+    s = celeba.load_split(copy, "train", 32, verify_checksums=False, cache_dir=cache, progress=False)
+    assert s.attributes[0, IDX["Smiling"]] != attrs[0, IDX["Smiling"]]
+    assert torch.equal(s.attributes[1:], attrs[1:]) and s.filenames[0] == "000001.jpg"
+    assert [f.name for f in cache.glob("*.safetensors")] == [f"celeba-train-32px-p1-{s.fingerprint}.safetensors"]
+
+
+def test_default_cache_location_and_profile_helpers(tmp_path):
+    profile = get_profile("ci", data_root=str(tmp_path), generated_images=24)
+    root = celeba.prepare_data(profile, progress=False)
+    assert root == tmp_path / "generated-n24-seed0" and (root / "celeba" / "ground_truth.json").exists()
+    s = celeba.load_profile_split(profile, "valid", progress=False)
+    assert s.images.shape == (2, 3, profile.image_size, profile.image_size)
+    assert len(list((root / "cache").glob("celeba-valid-*.safetensors"))) == 1
+    real = get_profile("ci", data_source="real", data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        celeba.prepare_data(real)
+
+
+# ---------------------------------------------------------------------------- errors
+def test_missing_folder_and_files(copy, tmp_path):
+    with pytest.raises(FileNotFoundError, match="(?s)does not exist.*generate_celeba.*Align&Cropped"):
+        celeba.load_split_tensors(tmp_path / "nope", "train", 32, verify_checksums=False)
+    with pytest.raises(FileNotFoundError, match="pass its parent folder"):
+        celeba.CelebAFolder(copy / "celeba", verify_checksums=False)
+    (copy / "celeba" / "list_bbox_celeba.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="missing: list_bbox_celeba.txt"):
+        celeba.CelebAFolder(copy, verify_checksums=False)
+
+
+def test_missing_image(copy, tmp_path):
+    (copy / "celeba" / "img_align_celeba" / "000050.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="000050.jpg"):
+        celeba.load_split_tensors(copy, "valid", 16, verify_checksums=False, cache_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_jpeg_is_named(copy, tmp_path, damage):
+    path = copy / "celeba" / "img_align_celeba" / "000055.jpg"
+    data = path.read_bytes()
+    path.write_bytes(b"not a jpeg at all" if damage == "garbage" else data[: len(data) // 3])
+    with pytest.raises(ValueError, match="000055.jpg.*corrupt"):
+        celeba.load_split_tensors(copy, "test", 16, verify_checksums=False, cache_dir=tmp_path, progress=False)
+    ds = celeba.CelebAFolder(copy, "test", verify_checksums=False)
+    with pytest.raises(ValueError, match="000055.jpg"):
+        ds[ds.filename.index("000055.jpg")]
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("list_attr_celeba.txt", lambda lines: lines[:3] + [lines[3].replace(" 1", " x", 1)] + lines[4:]),
+    ("list_attr_celeba.txt", lambda lines: lines[:-5]),
+    ("list_landmarks_align_celeba.txt", lambda lines: lines[:4] + [lines[4].rsplit(" ", 1)[0]] + lines[5:]),
+    ("list_eval_partition.txt", lambda lines: lines[:7] + ["000008.jpg zero"] + lines[8:]),
+])
+def test_corrupt_text_file_is_named(copy, name, edit):
+    path = copy / "celeba" / name
+    path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+    with pytest.raises(ValueError, match=f"{name} is corrupt.*generate it again"):
+        celeba.CelebAFolder(copy, "train", verify_checksums=False)
+
+
+def test_failed_download_points_to_the_manual_route(tmp_path, monkeypatch):
+    def refused(*args, **kwargs):
+        raise RuntimeError("Too many users have viewed or downloaded this file recently")
+
+    monkeypatch.setattr("torchvision.datasets.celeba.download_file_from_google_drive", refused)
+    with pytest.raises(RuntimeError, match="(?s)Too many users.*Align&Cropped.*list_eval_partition.txt"):
+        celeba.CelebAFolder(tmp_path, download=True)
