@@ -1,0 +1,53 @@
+# The two commands of the README:
+#   make run            set up .venv if needed, then run the notebook chain (PROFILE=default)
+#   make test           set up, unit tests, the chain on the `ci` profile, then nbval on notebooks/
+# Others:
+#   make setup          only create/refresh .venv (pinned by constraints.txt)
+#   make run PROFILE=full ARGS="--force"     any profile, any chain option (see --help)
+#   make bench          the benchmarks
+#   make clean-runs     delete runs/ (checkpoints, brackets, executed notebooks)
+
+SHELL := /bin/bash
+PROFILE ?= default
+ARGS ?=
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Set-up runs again only when what it installs changes (content, not timestamps: a fresh
+# clone has new timestamps but needs no new install).
+STAMP := $(VENV)/.setup-stamp
+SETUP_KEY = $(shell cat pyproject.toml constraints.txt | $(PYTHON) -c "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
+NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: setup run test bench clean-runs
+
+setup:
+	@key="$(SETUP_KEY)"; \
+	if [ -x $(PY) ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$key" ]; then \
+		echo "Environment $(VENV) is up to date."; \
+	else \
+		if [ ! -x $(PY) ]; then \
+			[ -n "$(PYTHON)" ] || { echo "Need python3.11 (or python3) on PATH." >&2; exit 1; }; \
+			echo "Creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"; \
+			$(PYTHON) -m venv $(VENV) || exit 1; \
+		fi; \
+		echo "Installing the pinned environment (constraints.txt); the first time downloads ~5 GB (torch)."; \
+		$(PY) -m pip install --disable-pip-version-check -c constraints.txt -e ".[test]" || exit 1; \
+		echo "$$key" > $(STAMP); \
+	fi
+
+run: setup
+	$(PY) -m lie_helpers.chain --profile $(PROFILE) $(ARGS)
+
+# pytest exits 5 when it collects nothing (e.g. no notebooks yet); that is not a failure.
+test: setup
+	$(PY) -m pytest tests/ || [ $$? -eq 5 ]
+	$(PY) -m lie_helpers.chain --profile ci
+	$(PY) -m pytest $(NBVAL) notebooks/ || [ $$? -eq 5 ]
+
+bench: setup
+	$(PY) benchmarks/bench_brackets.py
+	$(PY) benchmarks/train_throughput.py
+
+clean-runs:
+	rm -rf runs/
