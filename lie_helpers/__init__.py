@@ -4,6 +4,8 @@ The bracket engine is exported here; the rest lives in submodules:
 `toy` (quadratics and small nets for the theory), `celeba` (data), `mxresnet` (model),
 `train` (training with checkpoints), `analysis` (brackets at checkpoints), `plots`.
 """
+__version__ = "0.1.0"
+
 from .brackets import (
     BracketMatrix,
     bracket_matrix,

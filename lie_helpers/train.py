@@ -1,0 +1,285 @@
+"""Train MXResNet on CelebA-style attributes, with checkpoints that a killed run resumes from exactly.
+
+A run folder holds:
+
+    checkpoints/step_000050.safetensors            model state_dict (parameters and BatchNorm buffers)
+    checkpoints/step_000050.optimizer.safetensors  Adam state; only the latest checkpoint's is kept
+    checkpoints/step_000050.json                   metadata; written last, so it marks a complete checkpoint
+    metrics.json                                   one record per complete checkpoint, rebuilt from the JSONs
+
+Step 0 holds the initial weights. Every write is atomic (lie_helpers.storage), and nothing
+a run does depends on random state that is not rebuilt from the profile: the model is
+initialised from `profile.seed` and each epoch's batch order from `(profile.seed, epoch)`.
+So a run killed at any moment, restarted with the same call, continues from its last
+complete checkpoint and ends, on the CPU, with weights bit-identical to an uninterrupted run
+(same torch version and thread count: torch.set_num_threads changes the rounding of
+convolutions). There is no augmentation, so the data is the only other input.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__, storage
+from .attributes import ATTRIBUTES
+from .config import Profile, RunPaths
+from .losses import get_loss
+from .mxresnet import mxresnet
+
+# Images are scaled to [0, 1], then normalised per channel with ImageNet's statistics
+# (fastai's `imagenet_stats`). Fixed constants, so every notebook and script feeds the
+# network alike: use `prepare_inputs` wherever images go into a trained model.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+EVAL_BATCH = 256  # validation batch size; affects speed only
+
+
+def prepare_inputs(images: torch.Tensor, device=None, dtype=torch.float32) -> torch.Tensor:
+    """uint8 images [N, 3, S, S] -> normalised float inputs on `device`."""
+    x = images.to(device=device).to(dtype) / 255
+    mean = torch.tensor(MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def build_model(profile: Profile) -> torch.nn.Module:
+    """The profile's MXResNet, initialised from `profile.seed` (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(profile.seed)
+        return mxresnet(profile.depth, get_loss(profile.loss).n_outputs, profile.width)
+
+
+def make_optimizer(model: torch.nn.Module, profile: Profile) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=profile.lr, betas=tuple(profile.betas))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the n training images in `epoch`: a function of (seed, epoch) only."""
+    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
+
+
+def train_step(model, optimizer, loss_fn, inputs, targets) -> float:
+    """One Adam step on one batch; returns the batch loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn, data, n_images: int) -> dict:
+    """Loss and per-attribute accuracy on the first `n_images` of `data`, BatchNorm in eval mode."""
+    images, targets = data[0][:n_images], data[1][:n_images]
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, torch.zeros(len(ATTRIBUTES), dtype=torch.int64)
+    for i in range(0, len(images), EVAL_BATCH):
+        y = targets[i:i + EVAL_BATCH].to(param.device)
+        logits = model(prepare_inputs(images[i:i + EVAL_BATCH], param.device, param.dtype))
+        loss_sum += loss_fn(logits, y).item() * len(y)
+        correct += (loss_fn.predict(logits) == y.to(torch.int64)).sum(dim=0).cpu()
+    model.train(was_training)
+    accuracy = (correct.double() / len(images)).tolist()
+    return {"valid_loss": loss_sum / len(images),
+            "valid_mean_accuracy": sum(accuracy) / len(accuracy),
+            "valid_accuracy": dict(zip(ATTRIBUTES, accuracy))}
+
+
+def tensor_fingerprint(train_data, valid_data) -> str:
+    """Short SHA-256 of the data tensors' shapes and bytes: a run folder belongs to one data set."""
+    h = hashlib.sha256()
+    for t in (*train_data, *valid_data):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype} {tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()[:12]
+
+
+def train(profile: Profile, run_dir, train_data, valid_data, *, fingerprint: str | None = None,
+          device=None, progress: bool = True) -> dict:
+    """Train (or resume, or just return) the run of `profile` in `run_dir`; returns the final checkpoint's metadata.
+
+    train_data, valid_data: (uint8 images [N, 3, S, S], {0, 1} attributes [N, 40]).
+    fingerprint: names the data (e.g. lie_helpers.celeba's data_fingerprint); by default a hash of the tensors.
+    device: where to train, by default CUDA when available; runs are bit-reproducible on the CPU.
+    """
+    _check_data(profile, train_data, "train_data")
+    _check_data(profile, valid_data, "valid_data")
+    fingerprint = fingerprint or tensor_fingerprint(train_data, valid_data)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpt_dir = RunPaths(Path(run_dir)).checkpoints
+    loss_fn = get_loss(profile.loss)
+    images, targets = train_data
+    batches_per_epoch = len(images) // profile.batch_size
+    if batches_per_epoch == 0:
+        raise ValueError(f"train_data has {len(images)} images, fewer than one batch ({profile.batch_size}).")
+
+    done = list_checkpoints(run_dir)
+    if done:
+        _check_same_run(checkpoint_info(run_dir, done[-1]), profile, fingerprint, run_dir)
+        _write_metrics(run_dir)  # a run killed just after a checkpoint's JSON may lack its record
+        if done[-1] == profile.steps:
+            return checkpoint_info(run_dir, done[-1])
+
+    model = build_model(profile).to(device)
+    optimizer = make_optimizer(model, profile)
+    step = done[-1] if done else 0
+    if done:
+        model.load_state_dict(_load(ckpt_dir / f"step_{step:06d}.safetensors", run_dir, step))
+        _load_optimizer(model, optimizer, _load(_optimizer_path(ckpt_dir, step), run_dir, step))
+    else:
+        meta = {"train_loss": None, **evaluate(model, loss_fn, valid_data, profile.eval_images)}
+        _save_checkpoint(run_dir, 0, model, optimizer, profile, fingerprint, meta)
+
+    model.train()
+    order_epoch, order, losses = None, None, []
+    with tqdm(total=profile.steps, initial=step, desc=f"training {profile.name}", disable=not progress) as bar:
+        while step < profile.steps:
+            epoch, position = divmod(step, batches_per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, epoch_order(len(images), profile.seed, epoch)
+            idx = order[position * profile.batch_size:(position + 1) * profile.batch_size]
+            losses.append(train_step(model, optimizer, loss_fn,
+                                     prepare_inputs(images[idx], device), targets[idx].to(device)))
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if step % profile.checkpoint_every == 0 or step == profile.steps:
+                meta = {"train_loss": sum(losses) / len(losses),
+                        **evaluate(model, loss_fn, valid_data, profile.eval_images)}
+                _save_checkpoint(run_dir, step, model, optimizer, profile, fingerprint, meta)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", valid_loss=f"{meta['valid_loss']:.4f}")
+                losses = []
+    return checkpoint_info(run_dir, profile.steps)
+
+
+def _check_data(profile: Profile, data, name: str) -> None:
+    images, targets = data
+    size = profile.image_size
+    if len(images) == 0:
+        raise ValueError(f"{name} holds no images.")
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+        raise ValueError(f"{name} images must be uint8 [N, 3, {size}, {size}] (profile image_size {size}); "
+                         f"got {images.dtype} {list(images.shape)}.")
+    if tuple(targets.shape) != (len(images), len(ATTRIBUTES)):
+        raise ValueError(f"{name} attributes must have shape [{len(images)}, {len(ATTRIBUTES)}]; "
+                         f"got {list(targets.shape)}.")
+
+
+def _check_same_run(info: dict, profile: Profile, fingerprint: str, run_dir) -> None:
+    """Refuse to resume a run folder made with other settings or other data."""
+    if info["profile_hash"] == profile.hash() and info["data_fingerprint"] == fingerprint:
+        return
+    ours = json.loads(json.dumps(profile.to_dict()))
+    changed = [f"{k}: {info['profile'].get(k)!r} there, {v!r} now" for k, v in ours.items()
+               if k != "name" and info["profile"].get(k) != v]
+    if info["data_fingerprint"] != fingerprint:
+        changed.append(f"data fingerprint: {info['data_fingerprint']} there, {fingerprint} now")
+    raise ValueError(
+        f"{run_dir} holds checkpoints of a different run (profile hash {info['profile_hash']}, "
+        f"this one {profile.hash()}). Differences: {'; '.join(changed) or 'none listed'}. "
+        f"Its checkpoints are left untouched: pass another run_dir, or delete {run_dir} to train anew.")
+
+
+def _optimizer_path(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"step_{step:06d}.optimizer.safetensors"
+
+
+def _save_checkpoint(run_dir, step, model, optimizer, profile, fingerprint, meta) -> None:
+    """Weights, optimizer state, then the JSON that marks the checkpoint complete; then tidy up."""
+    ckpt_dir = RunPaths(Path(run_dir)).checkpoints
+    meta = {"step": step, "steps": profile.steps, **meta, "eval_images": profile.eval_images,
+            "profile": profile.to_dict(), "profile_hash": profile.hash(), "data_fingerprint": fingerprint,
+            "lie_helpers_version": __version__, "torch_version": torch.__version__}
+    names = {id(p): name for name, p in model.named_parameters()}
+    adam = {f"{names[id(p)]}/{key}": value for p, state in optimizer.state.items()
+            for key, value in state.items()}
+    try:
+        storage.atomic_save_tensors(ckpt_dir / f"step_{step:06d}.safetensors", model.state_dict(),
+                                    {"step": step, "profile_hash": profile.hash()})
+        storage.atomic_save_tensors(_optimizer_path(ckpt_dir, step), adam, {"step": step})
+        storage.atomic_write_json(ckpt_dir / f"step_{step:06d}.json", meta)
+        _write_metrics(run_dir)
+    except OSError as err:
+        done = list_checkpoints(run_dir)
+        kept = f"checkpoints up to step {done[-1]} are complete and intact" if done else "no checkpoint is complete yet"
+        raise OSError(err.errno, f"Could not write the step-{step} checkpoint in {ckpt_dir} ({err}); {kept}. "
+                                 f"Free disk space (or use a run_dir on another disk) and call train again "
+                                 f"to resume.") from err
+    for old in ckpt_dir.glob("step_*.optimizer.safetensors"):
+        if int(old.name[5:11]) < step:
+            old.unlink()
+
+
+def _load_optimizer(model, optimizer, tensors: dict) -> None:
+    """Put saved Adam state (keys 'param_name/state_key') back into `optimizer`."""
+    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    state = {}
+    for key, value in tensors.items():
+        name, field = key.rsplit("/", 1)
+        state.setdefault(index[name], {})[field] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
+def _write_metrics(run_dir) -> None:
+    """Rebuild metrics.json from the complete checkpoints where it differs, so it always agrees with them."""
+    keys = ["step", "train_loss", "valid_loss", "valid_mean_accuracy", "valid_accuracy"]
+    records = [{k: checkpoint_info(run_dir, s)[k] for k in keys} for s in list_checkpoints(run_dir)]
+    path = Path(run_dir) / "metrics.json"
+    try:
+        current = storage.read_json(path)
+    except (FileNotFoundError, ValueError):
+        current = None
+    if current != records:
+        storage.atomic_write_json(path, records)
+
+
+def _load(path: Path, run_dir, step: int) -> dict:
+    try:
+        return storage.load_tensors(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"Checkpoint {step} of {run_dir} cannot be loaded: {path} is missing or corrupt. "
+                         f"Delete {run_dir} and train again, or pass another run_dir.") from err
+
+
+# Reading a run back ----------------------------------------------------------------------------
+
+def list_checkpoints(run_dir) -> list[int]:
+    """Steps of the complete checkpoints in `run_dir`, ascending."""
+    ckpt_dir = RunPaths(Path(run_dir)).checkpoints
+    return sorted(int(p.name[5:11]) for p in ckpt_dir.glob("step_[0-9][0-9][0-9][0-9][0-9][0-9].json"))
+
+
+def checkpoint_info(run_dir, step: int) -> dict:
+    """The metadata of checkpoint `step`: losses, per-attribute accuracy, profile, data fingerprint."""
+    path = RunPaths(Path(run_dir)).checkpoints / f"step_{step:06d}.json"
+    try:
+        return storage.read_json(path)
+    except ValueError as err:
+        raise ValueError(f"{path} is corrupt ({err.__cause__}). "
+                         f"Delete {run_dir} and train again, or pass another run_dir.") from err
+
+
+def load_checkpoint(run_dir, step: int, profile: Profile, *, dtype=torch.float32, device="cpu") -> torch.nn.Module:
+    """The model at checkpoint `step`, in eval mode, as `dtype` on `device`."""
+    info = checkpoint_info(run_dir, step)
+    if info["profile_hash"] != profile.hash():
+        raise ValueError(f"Checkpoint {step} of {run_dir} was trained with profile hash {info['profile_hash']} "
+                         f"({info['profile']['name']!r}), not {profile.hash()} ({profile.name!r}): "
+                         f"pass the profile it was trained with.")
+    model = build_model(profile)
+    model.load_state_dict(_load(RunPaths(Path(run_dir)).checkpoints / f"step_{step:06d}.safetensors", run_dir, step))
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_metrics(run_dir) -> list[dict]:
+    """One record per checkpoint: step, train_loss (mean since the previous checkpoint; None at
+    step 0), valid_loss, valid_mean_accuracy and valid_accuracy (attribute -> accuracy)."""
+    return storage.read_json(Path(run_dir) / "metrics.json")
