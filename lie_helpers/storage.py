@@ -66,3 +66,18 @@ def load_tensors(path) -> dict:
     except Exception as err:
         raise ValueError(f"{path} is corrupt or not a safetensors file ({err}); "
                          "delete it and re-run the step that writes it.") from err
+
+
+def read_metadata(path) -> dict:
+    """The string metadata of a safetensors file, naming the file when it is missing or corrupt."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:
+        raise ValueError(f"{path} is corrupt or not a safetensors file ({err}); "
+                         "delete it and re-run the step that writes it.") from err
