@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 import lie_helpers as lh
 from lie_helpers.mxresnet import mxresnet
-from lie_helpers.toy import relative_error
 
 
 def timed(fn, device, repeats: int) -> float:
@@ -71,7 +70,7 @@ def main(argv=None) -> dict:
 
     # Same answer first, then time.
     reference, matrix = naive(), fast()
-    err = max(relative_error(matrix.brackets[p], ref) for p, ref in zip(pairs, reference))
+    err = max(lh.relative_error(matrix.brackets[p], ref) for p, ref in zip(pairs, reference))
 
     t_grad = timed(one_gradient, device, args.repeats * 3)
     t_naive = timed(naive, device, args.repeats)

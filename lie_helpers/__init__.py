@@ -13,10 +13,11 @@ from .brackets import (
     hvp,
     lie_bracket,
     pushforward,
+    relative_error,
     rms_per_tensor,
     swap_difference,
 )
 from .config import get_profile
 
 __all__ = ["BracketMatrix", "bracket_matrix", "gradient", "hvp", "lie_bracket", "pushforward",
-           "rms_per_tensor", "swap_difference", "get_profile"]
+           "relative_error", "rms_per_tensor", "swap_difference", "get_profile"]

@@ -24,12 +24,18 @@ is verified against `lie_bracket` in the tests.
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
+
+# PyTorch's first forward-mode AD call scripts its jvp decompositions with the deprecated
+# torch.jit.script and warns about it; that is PyTorch's business, not the caller's.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 Example = tuple  # (inputs, targets), each with a leading batch dimension of 1
 Params = dict  # name -> tensor, keyed like model.named_parameters()
@@ -141,6 +147,16 @@ def detached(field_: Params) -> Params:
 
 def stack(fields: list[Params]) -> Params:
     return {n: torch.stack([f[n] for f in fields]) for n in fields[0]}
+
+
+def field_norm(field_: Params) -> float:
+    """Euclidean norm of a field, as if its tensors were one flat vector."""
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in field_.values()))
+
+
+def relative_error(approx: Params, exact: Params) -> float:
+    """‖approx − exact‖ / ‖exact‖ over all tensors of two fields."""
+    return field_norm({n: approx[n] - exact[n] for n in exact}) / field_norm(exact)
 
 
 def rms_per_tensor(field_: Params) -> dict[str, float]:

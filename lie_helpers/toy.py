@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .brackets import axpy, gradient, hvp, lie_bracket, parameters_of, swap_difference
+from .brackets import (axpy, field_norm, gradient, hvp, lie_bracket, parameters_of, relative_error,
+                       swap_difference)
 
 DTYPE = torch.float64
 
@@ -44,22 +45,12 @@ def with_parameters(model: nn.Module, params: dict) -> nn.Module:
     return moved
 
 
-def norm(d: dict) -> float:
-    """Euclidean norm of a dict of tensors, as if it were one flat vector."""
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in d.values()))
-
-
 def difference(a: dict, b: dict) -> dict:
     return {n: a[n] - b[n] for n in a}
 
 
 def mean_of(dicts: list[dict]) -> dict:
     return {n: sum(d[n] for d in dicts) / len(dicts) for n in dicts[0]}
-
-
-def relative_error(approx: dict, exact: dict) -> float:
-    """‖approx − exact‖ / ‖exact‖."""
-    return norm(difference(approx, exact)) / norm(exact)
 
 
 def loglog_slope(x, y) -> float:
@@ -299,8 +290,8 @@ def smith_check(model: nn.Module, loss_fn: Callable, batches: list, lrs, *, orde
         mean = mean_of(list(finals.values()))
         flow = rk4(modified_flow_field(model, loss_fn, batches), theta0, m * lr, rk4_steps)
         modified = rk4(modified_flow_field(model, loss_fn, batches, lr), theta0, m * lr, rk4_steps)
-        err_flow.append(norm(difference(mean, flow)))
-        err_modified.append(norm(difference(mean, modified)))
+        err_flow.append(field_norm(difference(mean, flow)))
+        err_modified.append(field_norm(difference(mean, modified)))
         predicted = {n: lr**2 / 2 * t for n, t in bracket_sum.items()}
         err_order.append(relative_error(difference(finals[order], mean), predicted))
     err_flow, err_modified, err_order = map(np.array, (err_flow, err_modified, err_order))

@@ -18,6 +18,7 @@ convolutions). There is no augmentation, so the data is the only other input.
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 from pathlib import Path
 
@@ -140,6 +141,7 @@ def train(profile: Profile, run_dir, train_data, valid_data, *, fingerprint: str
 
     model.train()
     order_epoch, order, losses = None, None, []
+    interval_start = time.perf_counter()
     with tqdm(total=profile.steps, initial=step, desc=f"training {profile.name}", disable=not progress) as bar:
         while step < profile.steps:
             epoch, position = divmod(step, batches_per_epoch)
@@ -153,10 +155,11 @@ def train(profile: Profile, run_dir, train_data, valid_data, *, fingerprint: str
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if step % profile.checkpoint_every == 0 or step == profile.steps:
                 meta = {"train_loss": sum(losses) / len(losses),
+                        "train_seconds": time.perf_counter() - interval_start,  # this interval's steps
                         **evaluate(model, loss_fn, valid_data, profile.eval_images)}
                 _save_checkpoint(run_dir, step, model, optimizer, profile, fingerprint, meta)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", valid_loss=f"{meta['valid_loss']:.4f}")
-                losses = []
+                losses, interval_start = [], time.perf_counter()
     return checkpoint_info(run_dir, profile.steps)
 
 

@@ -40,12 +40,7 @@ def example(inputs, targets, i):
     return inputs[i:i + 1], targets[i:i + 1]
 
 
-def norm(field):
-    return math.sqrt(sum(float((t ** 2).sum()) for t in field.values()))
-
-
-def rel_err(a, b):
-    return norm({k: a[k] - b[k] for k in b}) / norm(b)
+norm, rel_err = lh.brackets.field_norm, lh.relative_error
 
 
 def snapshot(model):
