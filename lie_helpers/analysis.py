@@ -86,9 +86,13 @@ def full_brackets_bytes(profile: Profile, n_parameters: int, n_checkpoints: int)
     return 2 * n_parameters * pairs * n_checkpoints
 
 
-def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, device="cpu",
+def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, device=None,
                 progress: bool = True) -> list[int]:
-    """Compute and store the record of every checkpoint of the run that is not stored yet; returns the steps."""
+    """Compute and store the record of every checkpoint of the run that is not stored yet; returns the steps.
+
+    device: where to compute, by default CUDA when available (TF32 stays off there).
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     paths = run_paths(profile, run_dir)
     steps = list_checkpoints(paths.root)
     if not steps:
