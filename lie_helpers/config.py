@@ -58,7 +58,7 @@ PROFILES = {
     # Minutes on a laptop CPU, large enough for the hair attributes to become uncertain.
     "default": Profile(name="default"),
     # The write-up's settings, for a GPU with real or full-size generated data.
-    "full": Profile(name="full", generated_images=202_599, image_size=128, width=1.0,
+    "full": Profile(name="full", generated_images=202_599, image_size=64, width=1.0,
                     steps=5000, checkpoint_every=100, eval_images=4096),
 }
 
