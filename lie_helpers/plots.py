@@ -1,10 +1,17 @@
-"""One figure style for the project, and saving figures as PNG (README) and PDF (papers)."""
+"""One figure style for the project, saving figures as PNG (README) and PDF (papers), and the training figures."""
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 import seaborn as sns
+
+from .attributes import ATTRIBUTES
+from .losses import HAIR_COLOURS
 
 
 def set_style() -> None:
@@ -23,3 +30,120 @@ def save_figure(fig, figures_dir, name: str, caption: str) -> list[Path]:
     fig.savefig(paths[0])
     fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None})
     return paths
+
+
+# ----------------------------------------------------------------------------- training (notebooks 01, 03)
+# Each plot function takes `caption`, the figure's title line (what it shows); save_figure adds
+# the full caption (with describe_source) under the figure.
+
+SHORT_NAMES = {"Male": "male", "Smiling": "smiling", "Eyeglasses": "glasses", "Wearing_Hat": "hat",
+               "Young": "young"}
+
+
+def _title(fig, caption: str) -> None:
+    """`caption` as the figure's title line, wrapped."""
+    fig.suptitle(textwrap.fill(caption, 100), fontsize=11)
+
+
+def _hair_label(row: dict) -> str:
+    colours = [name.split("_")[0].lower() for name in HAIR_COLOURS if row[name]]
+    if row["Bald"]:
+        return "bald"
+    return " + ".join(colours) + " hair" if colours else "no hair-colour label"
+
+
+def plot_image_grid(images, attributes, n: int = 16, caption: str = "", *,
+                    show=("Male", "Smiling", "Eyeglasses", "Wearing_Hat"), marked=None, marked_label="marked"):
+    """The first `n` images (uint8 [N, 3, S, S]) with their hair colour and the positive `show` attributes.
+
+    attributes: {0, 1} [N, 40] in CelebA's order. marked: optional booleans per image; those
+    images get a red frame and `marked_label` (e.g. faces whose hair shade is ambiguous).
+    """
+    n = min(n, len(images))
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.2 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        row = dict(zip(ATTRIBUTES, (int(v) for v in attributes[i])))
+        ax.imshow(np.asarray(images[i]).transpose(1, 2, 0), interpolation="nearest")
+        tags = [SHORT_NAMES.get(a, a) for a in show if row[a]]
+        label = _hair_label(row) + "\n" + (", ".join(tags) or "–")
+        if marked is not None and marked[i]:
+            label += f"\n{marked_label}"
+            ax.add_patch(plt.Rectangle((-0.5, -0.5), images.shape[-1], images.shape[-2], fill=False,
+                                       edgecolor="red", linewidth=3))
+        ax.set_title(label, fontsize=7, pad=2)
+    _title(fig, caption)
+    fig.tight_layout()
+    return fig
+
+
+def plot_base_rates(observed: dict, expected: dict, caption: str = "", *,
+                    labels=("observed", "expected")):
+    """One row per attribute: the rate of positive labels in `observed` vs `expected` (dicts name -> rate)."""
+    names = list(observed)
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(6.5, 0.17 * len(names) + 1.3))
+    ax.hlines(y, [observed[a] for a in names], [expected[a] for a in names], color="0.7", lw=1)
+    ax.plot([expected[a] for a in names], y, "o", ms=5, mfc="none", color="C1", label=labels[1])
+    ax.plot([observed[a] for a in names], y, "o", ms=3.5, color="C0", label=labels[0])
+    ax.set_yticks(y, [a.replace("_", " ") for a in names], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="fraction of images with the attribute", xlim=(0, 1))
+    ax.legend(loc="upper right", fontsize=8)
+    _title(fig, caption)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_frame(metrics) -> pd.DataFrame:
+    """Validation accuracy per checkpoint: one row per step (the index), one column per attribute."""
+    steps = pd.Index([m["step"] for m in metrics], name="step")
+    return pd.DataFrame([m["valid_accuracy"] for m in metrics], index=steps)
+
+
+def plot_training_curves(metrics, caption: str = "", highlight=("Black_Hair", "Brown_Hair"), *,
+                         references=None):
+    """Loss against step, and every attribute's validation accuracy with `highlight` in colour.
+
+    metrics: lie_helpers.train.load_metrics records. references: optional {label: accuracy}
+    drawn as dotted lines on the accuracy panel (e.g. the best accuracy the data allows).
+    Returns the Figure (axes: loss, accuracy).
+    """
+    accuracy = accuracy_frame(metrics)
+    steps = accuracy.index.to_numpy()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+
+    train = [(m["step"], m["train_loss"]) for m in metrics if m["train_loss"] is not None]
+    if train:
+        ax_loss.plot(*zip(*train), "o-", ms=3, label="training (mean over the steps since the last checkpoint)")
+    valid = [m["valid_loss"] for m in metrics]
+    ax_loss.plot(steps, valid, "s-", ms=3, label="validation")
+    ax_loss.annotate(f"{valid[-1]:.3f}", (steps[-1], valid[-1]), textcoords="offset points", xytext=(4, 4),
+                     fontsize=8)
+    ax_loss.set(xlabel="training step", ylabel="loss (mean over attributes and images)", title="Loss")
+    ax_loss.legend(fontsize=8)
+
+    others = accuracy.drop(columns=list(highlight))
+    ax_acc.plot(steps, others.to_numpy(), color="0.8", lw=0.8, zorder=1)
+    ax_acc.plot([], [], color="0.8", lw=0.8, label=f"the other {others.shape[1]} attributes")
+    mean = np.array([m["valid_mean_accuracy"] for m in metrics])
+    ax_acc.plot(steps, mean, "k--", lw=1.5, label=f"mean of {accuracy.shape[1]} (final {mean[-1]:.3f})", zorder=2)
+    second_half = steps >= steps[-1] / 2
+    for i, name in enumerate(highlight):
+        acc = accuracy[name].to_numpy()
+        ax_acc.plot(steps, acc, "o-", ms=3, lw=2, color=f"C{i}", zorder=3,
+                    label=f"{name} (final {acc[-1]:.3f}, lowest in the second half {acc[second_half].min():.3f})")
+    for j, (label, value) in enumerate((references or {}).items()):
+        ax_acc.axhline(value, color=f"C{len(highlight) + j}", ls=":", lw=1.5, label=f"{label}: {value:.3f}")
+    trained = steps > 0 if len(steps) > 1 else np.ones(len(steps), bool)
+    low = min(accuracy.loc[trained, list(highlight)].min().min(), mean[trained].min())
+    ax_acc.set(xlabel="training step", ylabel="validation accuracy", title="Accuracy per attribute",
+               ylim=(max(0.0, low - 0.08), 1.005))
+    ax_acc.legend(fontsize=7, loc="lower right")
+    _title(fig, caption)
+    fig.tight_layout()
+    return fig
