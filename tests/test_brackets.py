@@ -84,10 +84,11 @@ def test_gradient_matches_autograd():
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("method", ["vmap", "rows"])
 @pytest.mark.parametrize("bn_mode", ["eval", "train"])
-def test_bracket_matrix_equals_pairwise_double_backward(bn_mode):
+def test_bracket_matrix_equals_pairwise_double_backward(bn_mode, method):
     model, (x, y) = conv_net(), data(n=4)
-    matrix = lh.bracket_matrix(model, loss_fn, x, y, bn_mode=bn_mode)
+    matrix = lh.bracket_matrix(model, loss_fn, x, y, bn_mode=bn_mode, method=method)
     assert matrix.pairs == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
     assert sorted(matrix.brackets) == matrix.pairs
     for i, j in matrix.pairs:
@@ -95,6 +96,18 @@ def test_bracket_matrix_equals_pairwise_double_backward(bn_mode):
         assert rel_err(matrix.brackets[(i, j)], naive) < 1e-12
     for i in range(4):
         assert rel_err(matrix.gradients[i], lh.gradient(model, loss_fn, example(x, y, i), bn_mode=bn_mode)) < 1e-12
+
+
+def test_auto_method_takes_rows_for_large_models_on_the_cpu(monkeypatch):
+    model, (x, y) = conv_net(), data(n=3)
+    calls = []
+    monkeypatch.setattr(lh.brackets, "brackets_by_rows",
+                        lambda *a, _real=lh.brackets.brackets_by_rows: calls.append(1) or _real(*a))
+    lh.bracket_matrix(model, loss_fn, x, y)
+    assert not calls
+    monkeypatch.setattr(lh.brackets, "ROWS_ABOVE_PARAMETERS_ON_CPU", 10)
+    lh.bracket_matrix(model, loss_fn, x, y)
+    assert calls
 
 
 def test_bracket_matrix_in_chunks_equals_all_at_once():
@@ -106,11 +119,12 @@ def test_bracket_matrix_in_chunks_equals_all_at_once():
             assert rel_err(chunked.brackets[pair], together.brackets[pair]) < 1e-13
 
 
-def test_bracket_matrix_reduces_on_the_fly():
+@pytest.mark.parametrize("method", ["vmap", "rows"])
+def test_bracket_matrix_reduces_on_the_fly(method):
     model, (x, y) = conv_net(), data(n=3)
     batch = data(n=5, seed=7)[0]
     matrix = lh.bracket_matrix(
-        model, loss_fn, x, y,
+        model, loss_fn, x, y, method=method,
         reduce=lambda b: (lh.rms_per_tensor(b), lh.pushforward(model, batch, b)),
         reduce_gradient=lh.rms_per_tensor)
     full = lh.bracket_matrix(model, loss_fn, x, y)
@@ -264,3 +278,5 @@ def test_model_without_parameters_and_other_bad_arguments_are_refused():
         lh.gradient(model, loss_fn, x[:1])
     with pytest.raises(ValueError, match="at least 2"):
         lh.bracket_matrix(model, loss_fn, x[:1], y[:1])
+    with pytest.raises(ValueError, match="method"):
+        lh.bracket_matrix(model, loss_fn, x, y, method="fast")
