@@ -1,0 +1,170 @@
+"""Numbers behind the bracket figures (notebook 03), computed from stored records (`analysis.RunBrackets`).
+
+Two findings of the write-up are checked here:
+
+* RMS law: per parameter tensor, RMS of the bracket ∝ RMS of the gradient. A bracket
+  [v_i, v_j] = H_j g_i − H_i g_j involves both examples' gradients, so it is paired with
+  their geometric mean, sqrt(rms(g_i) · rms(g_j)), tensor by tensor. The fit is least
+  squares on log10 values; a slope of 1 means proportionality.
+* Hair attributes: after some step, Black_Hair and Brown_Hair logits are perturbed more
+  than the others. Bracket magnitudes are heavy-tailed across checkpoints (DESIGN.md §5),
+  so attributes are only compared within one checkpoint: ranks among all outputs and
+  ratios to the median output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+# ----------------------------------------------------------------------------- RMS law
+
+@dataclass(frozen=True)
+class LogLogFit:
+    """log10(y) = slope · log10(x) + intercept, fitted by least squares; r is the correlation of the logs."""
+    slope: float
+    intercept: float
+    r: float
+    residual_sd: float  # standard deviation of the log10 residuals: the scatter is a factor of 10**residual_sd
+    n_points: int
+    n_dropped: int   # points with a zero (or non-finite) x or y: no logarithm
+
+
+def loglog_fit(x, y) -> LogLogFit:
+    """Least-squares line through (log10 x, log10 y), skipping points that have no logarithm."""
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    lx, ly = np.log10(x[keep]), np.log10(y[keep])
+    if keep.sum() < 3:
+        raise ValueError(f"A log-log fit needs at least 3 positive points, got {int(keep.sum())}.")
+    slope, intercept = np.polyfit(lx, ly, 1)
+    r = np.corrcoef(lx, ly)[0, 1]
+    residual_sd = np.std(ly - (slope * lx + intercept))
+    return LogLogFit(float(slope), float(intercept), float(r), float(residual_sd), int(keep.sum()), int((~keep).sum()))
+
+
+def paired_gradient_rms(gradient_rms: torch.Tensor, pairs) -> torch.Tensor:
+    """[..., examples, tensors] -> [..., pairs, tensors]: sqrt(rms(g_i) · rms(g_j)) for each pair (i, j)."""
+    first = torch.tensor([i for i, _ in pairs])
+    second = torch.tensor([j for _, j in pairs])
+    return (gradient_rms[..., first, :] * gradient_rms[..., second, :]).sqrt()
+
+
+def rms_points(records, checkpoint: int, *, average_pairs: bool = False):
+    """(gradient RMS, bracket RMS) of one checkpoint (an index into records.steps), as flat numpy arrays.
+
+    One point per (pair, tensor); with average_pairs, one point per tensor: the geometric
+    means over pairs of both quantities (the log-log fit then sees the average of the logs).
+    """
+    x = paired_gradient_rms(records.gradient_rms[checkpoint], records.pairs).double().numpy()
+    y = records.bracket_rms[checkpoint].double().numpy()
+    if average_pairs:
+        keep = (x > 0) & (y > 0)
+        x, y = _geometric_mean_over_pairs(x, keep), _geometric_mean_over_pairs(y, keep)
+    return x.ravel(), y.ravel()
+
+
+def _geometric_mean_over_pairs(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """[pairs, tensors] -> [tensors], over the entries in `keep` (0 for a tensor with none)."""
+    logs = np.log(np.where(keep, values, 1.0))
+    count = keep.sum(0)
+    return np.where(count > 0, np.exp(logs.sum(0) / np.maximum(count, 1)), 0.0)
+
+
+def rms_fits(records, checkpoints, *, average_pairs: bool = False) -> dict[int, LogLogFit]:
+    """{step: fit of log bracket RMS on log gradient RMS} for the given checkpoint indices."""
+    return {records.steps[c]: loglog_fit(*rms_points(records, c, average_pairs=average_pairs)) for c in checkpoints}
+
+
+def spread_checkpoints(steps, n: int, *, skip_initial: bool = True) -> list[int]:
+    """Indices of n checkpoints evenly spread over training, the last one included.
+
+    skip_initial leaves out step 0: at initialisation the zero-initialised last BatchNorm of
+    each residual branch makes the gradient of the branch's other tensors exactly zero.
+    """
+    first = 1 if skip_initial and steps[0] == 0 and len(steps) > 1 else 0
+    return sorted(set(np.linspace(first, len(steps) - 1, min(n, len(steps) - first)).round().astype(int).tolist()))
+
+
+# ----------------------------------------------------------------------------- attributes
+
+def attribute_magnitude(logit_perturbation: torch.Tensor) -> torch.Tensor:
+    """[checkpoints, pairs, batch, outputs] -> [checkpoints, outputs]: mean |logit perturbation| over pairs and batch."""
+    return logit_perturbation.abs().double().mean(dim=(1, 2))
+
+
+def pair_attribute_magnitude(logit_perturbation: torch.Tensor) -> torch.Tensor:
+    """[checkpoints, pairs, batch, outputs] -> [checkpoints, pairs, outputs]: mean |perturbation| over the batch."""
+    return logit_perturbation.abs().double().mean(dim=2)
+
+
+def ranks(magnitude: torch.Tensor) -> torch.Tensor:
+    """Rank of each output along the last axis, 1 = most perturbed (ties broken by position)."""
+    order = torch.argsort(magnitude, dim=-1, descending=True, stable=True)
+    return torch.argsort(order, dim=-1, stable=True) + 1
+
+
+def median_output(magnitude: torch.Tensor) -> torch.Tensor:
+    """The median along the last axis (outputs), keeping it; the mean of the two middle values for an even count."""
+    return torch.quantile(magnitude, 0.5, dim=-1, keepdim=True)
+
+
+def ratio_to_median(magnitude: torch.Tensor) -> torch.Tensor:
+    """Each output's magnitude over the median output's, within each checkpoint (last axis)."""
+    return magnitude / median_output(magnitude)
+
+
+def share_of_pairs_in_top(logit_perturbation: torch.Tensor, output: int, top: int) -> torch.Tensor:
+    """[checkpoints]: fraction of the pairs (brackets) for which `output` is among their `top` most perturbed."""
+    return (ranks(pair_attribute_magnitude(logit_perturbation))[..., output] <= top).double().mean(dim=1)
+
+
+def onset_step(steps, rank_of_output, top: int):
+    """First step from which the output's rank stays within `top` at every later checkpoint; None if never."""
+    onset = None
+    for step, rank in zip(reversed(list(steps)), reversed(list(rank_of_output))):
+        if rank > top:
+            break
+        onset = step
+    return onset
+
+
+@dataclass(frozen=True)
+class AttributeSummary:
+    """How strongly some outputs (e.g. the hair colours) are perturbed, compared within each checkpoint."""
+    steps: list
+    names: tuple             # the outputs summarised
+    magnitude: np.ndarray    # [checkpoints, outputs]: mean |logit perturbation| of every output
+    median: np.ndarray       # [checkpoints]: the median output's magnitude
+    rank: np.ndarray         # [checkpoints, names]: rank among all outputs, 1 = most perturbed
+    ratio: np.ndarray        # [checkpoints, names]: magnitude / median output's magnitude
+    pair_share: np.ndarray   # [checkpoints, names]: fraction of pairs with the output in their top `top`
+    top: int
+    onset: dict              # name -> first step from which rank <= top at every later checkpoint (or None)
+    joint_onset: int | None  # the same for all names together
+    median_rank: dict        # name -> median rank over the trained checkpoints (step > 0)
+    median_ratio: dict       # name -> median ratio over the trained checkpoints (step > 0)
+
+
+def summarise_attributes(records, output_names, names=("Black_Hair", "Brown_Hair"), top: int = 10) -> AttributeSummary:
+    """Ranks, ratios to the median, shares of pairs and onset steps of the outputs `names`."""
+    index = [list(output_names).index(n) for n in names]
+    magnitude = attribute_magnitude(records.logit_perturbation)
+    rank = ranks(magnitude)[:, index]
+    ratio = ratio_to_median(magnitude)[:, index]
+    trained = [c for c, step in enumerate(records.steps) if step > 0] or list(range(len(records.steps)))
+    return AttributeSummary(
+        steps=list(records.steps), names=tuple(names), magnitude=magnitude.numpy(),
+        median=median_output(magnitude)[:, 0].numpy(), rank=rank.numpy(), ratio=ratio.numpy(),
+        pair_share=torch.stack([share_of_pairs_in_top(records.logit_perturbation, i, top) for i in index], 1).numpy(),
+        top=top, onset={n: onset_step(records.steps, rank[:, k].tolist(), top) for k, n in enumerate(names)},
+        joint_onset=onset_step(records.steps, rank.max(dim=1).values.tolist(), top),
+        median_rank={n: float(np.median(rank[trained, k].numpy())) for k, n in enumerate(names)},
+        median_ratio={n: float(np.median(ratio[trained, k].numpy())) for k, n in enumerate(names)})
+
+
+def most_perturbed(magnitude_row, output_names, n: int = 3) -> list[str]:
+    """Names of the n most perturbed outputs of one checkpoint."""
+    return [output_names[i] for i in np.argsort(-np.asarray(magnitude_row), kind="stable")[:n]]
