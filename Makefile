@@ -40,10 +40,13 @@ run: setup
 	$(PY) -m lie_helpers.chain --profile $(PROFILE) $(ARGS)
 
 # pytest exits 5 when it collects nothing (e.g. no notebooks yet); that is not a failure.
+# nbval reads a cell's output only once the cell has finished, and the kernel's output channel
+# drops messages past a few thousand: a cell that trains for minutes must not redraw its
+# progress bars ten times a second, or its end is lost ("Timeout ... waiting for output").
 test: setup
 	$(PY) -m pytest tests/ || [ $$? -eq 5 ]
 	$(PY) -m lie_helpers.chain --profile ci
-	$(PY) -m pytest $(NBVAL) notebooks/ || [ $$? -eq 5 ]
+	TQDM_MININTERVAL=5 $(PY) -m pytest $(NBVAL) notebooks/ || [ $$? -eq 5 ]
 
 bench: setup
 	$(PY) benchmarks/bench_brackets.py

@@ -151,8 +151,10 @@ def train(profile: Profile, run_dir, train_data, valid_data, *, fingerprint: str
             losses.append(train_step(model, optimizer, loss_fn,
                                      prepare_inputs(images[idx], device), targets[idx].to(device)))
             step += 1
+            # refresh=False: the bar redraws at most every mininterval, not every step (a
+            # redraw per step floods a notebook's output channel; nbval then loses messages).
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if step % profile.checkpoint_every == 0 or step == profile.steps:
                 meta = {"train_loss": sum(losses) / len(losses),
                         "train_seconds": time.perf_counter() - interval_start,  # this interval's steps

@@ -201,6 +201,26 @@ def test_categorical_hair_loss_trains(tmp_path):
     assert T.load_checkpoint(tmp_path, 2, profile)(T.prepare_inputs(VALID[0][:2])).shape == (2, 41)
 
 
+def test_progress_bar_redraws_are_throttled(tmp_path, monkeypatch):
+    """A redraw per step floods a notebook's output channel (nbval then loses the cell's end):
+    with throttling set very long, 20 steps redraw only at start, checkpoints and close."""
+    redraws = []
+
+    class CountingBar(T.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, mininterval=1e9, miniters=10**9, **kwargs)
+
+        def display(self, *args, **kwargs):
+            redraws.append(self.n)
+            return super().display(*args, **kwargs)
+
+    monkeypatch.setattr(T, "tqdm", CountingBar)
+    profile = get_profile("ci", image_size=16, width=0.125, steps=20, batch_size=8, checkpoint_every=10,
+                          eval_images=12)
+    T.train(profile, tmp_path, TRAIN, VALID, progress=True, device="cpu")
+    assert 0 < len(redraws) <= 6, redraws
+
+
 def test_batch_order_depends_only_on_seed_and_epoch():
     assert torch.equal(T.epoch_order(24, 0, 1), T.epoch_order(24, 0, 1))
     assert sorted(T.epoch_order(24, 0, 1).tolist()) == list(range(24))
