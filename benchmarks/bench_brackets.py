@@ -91,8 +91,8 @@ def main(argv=None) -> dict:
     }
     print(f"{result['device']} · {result['model']}")
     print(f"{len(pairs)} brackets among {args.examples} examples (max relative difference {err:.1e})")
-    print(f"| method | time (s) | in per-example gradients | ratio to naive |")
-    print(f"|---|---|---|---|")
+    print("| method | time (s) | in per-example gradients | ratio to naive |")
+    print("|---|---|---|---|")
     print(f"| one per-example gradient | {t_grad:.4f} | 1 | |")
     print(f"| naive: {len(pairs)} × double backward | {t_naive:.3f} | {t_naive / t_grad:.0f} | 1 |")
     for name, t in (("vmap", t_vmap), ("rows", t_rows)):

@@ -1,7 +1,8 @@
 """lie_helpers: training examples as vector fields on parameter space, and their Lie brackets.
 
 The bracket engine is exported here; the rest lives in submodules:
-`toy` (quadratics and small nets for the theory), `celeba` (data), `mxresnet` (model),
+`toy` (quadratics and small nets for the theory), `celeba` (data loading and cache), `generated_celeba`
+(CelebA-format data drawn offline), `mxresnet` (model),
 `train` (training with checkpoints), `analysis` (brackets at checkpoints), `plots`.
 """
 __version__ = "0.1.0"

@@ -1,4 +1,8 @@
-"""CelebA's 40 binary attributes, in the order of list_attr_celeba.txt."""
+"""CelebA's format: its 40 binary attributes (in the order of list_attr_celeba.txt) and its files.
+
+Real and generated data share the layout of torchvision's ``CelebA`` under ``<root>/celeba/``;
+generated data alone carries ``ground_truth.json``.
+"""
 
 ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
@@ -10,3 +14,17 @@ ATTRIBUTES = (
     "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )
 assert len(ATTRIBUTES) == 40
+HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
+
+
+BASE_FOLDER = "celeba"
+IMAGE_FOLDER = "img_align_celeba"
+GROUND_TRUTH = "ground_truth.json"
+# (file, header line index for torchvision's parser, number of value columns)
+TEXT_FILES = (
+    ("list_eval_partition.txt", None, 1),
+    ("identity_CelebA.txt", None, 1),
+    ("list_bbox_celeba.txt", 1, 4),
+    ("list_landmarks_align_celeba.txt", 1, 10),
+    ("list_attr_celeba.txt", 1, 40),
+)

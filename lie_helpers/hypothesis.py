@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .analysis import analyse_run, load_run_brackets
-from .attributes import ATTRIBUTES
+from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, HAIR_COLOURS
 from .config import Profile, RunPaths, data_dir
 from .losses import HAIR_INDEX, OTHER_INDEX
 from .train import list_checkpoints, train
@@ -223,7 +223,7 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 10_000, level: float = 0
 # ----------------------------------------------------------------------------- ground truth
 
 def _ground_truth(P: Profile) -> dict:
-    return json.loads((data_dir(P) / "celeba" / "ground_truth.json").read_text())
+    return json.loads((data_dir(P) / BASE_FOLDER / GROUND_TRUTH).read_text())
 
 
 def ambiguous_filenames(P: Profile) -> set[str]:
@@ -237,7 +237,7 @@ def ambiguous_filenames(P: Profile) -> set[str]:
 def attribute_groups(P: Profile) -> dict[str, list[str]]:
     """Which attributes are exclusive & ambiguous, exclusive only, hidden, noise, or other visible ones.
 
-    Generated data: read from its ground truth (lie_helpers.celeba). Real CelebA has none:
+    Generated data: read from its ground truth (lie_helpers.generated_celeba). Real CelebA has none:
     there the write-up's reading (hair colours exclusive, Black/Brown confusable) is assumed
     and no attribute is known to be noise or hidden.
     """
@@ -247,7 +247,7 @@ def attribute_groups(P: Profile) -> dict[str, list[str]]:
         ambiguous = {a for pair in gt["ambiguous_pairs"] for a in pair["attributes"]}
         hidden, noise = set(gt["hidden_correlated_attributes"]), set(gt["noise_attributes"])
     else:
-        exclusive, ambiguous, hidden, noise = set(HAIR_PAIR) | {"Blond_Hair", "Gray_Hair"}, set(HAIR_PAIR), set(), set()
+        exclusive, ambiguous, hidden, noise = set(HAIR_COLOURS), set(HAIR_PAIR), set(), set()
     groups = {"exclusive & ambiguous": exclusive & ambiguous, "exclusive only": exclusive - ambiguous,
               "hidden (correlated)": hidden, "noise": noise}
     groups["other visible"] = set(ATTRIBUTES) - set().union(*groups.values())

@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attributes import ATTRIBUTES
+from .attributes import ATTRIBUTES, HAIR_COLOURS
 
-HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 HAIR_INDEX = [ATTRIBUTES.index(a) for a in HAIR_COLOURS]
 OTHER_INDEX = [i for i in range(len(ATTRIBUTES)) if i not in HAIR_INDEX]
 

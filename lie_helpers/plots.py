@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from .attributes import ATTRIBUTES
-from .losses import HAIR_COLOURS
+from .attributes import HAIR_COLOURS
 
 
 def set_style() -> None:

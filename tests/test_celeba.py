@@ -13,19 +13,19 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import CelebA
 
-from lie_helpers import celeba
-from lie_helpers.attributes import ATTRIBUTES
+from lie_helpers import celeba, generated_celeba
+from lie_helpers.attributes import ATTRIBUTES, HAIR_COLOURS, TEXT_FILES
 from lie_helpers.config import get_profile
 
 N = 60
 IDX = {a: i for i, a in enumerate(ATTRIBUTES)}
-TEXT = [name for name, _, _ in celeba.TEXT_FILES]
+TEXT = [name for name, _, _ in TEXT_FILES]
 
 
 @pytest.fixture(scope="module")
 def gen(tmp_path_factory):
     """A small generated folder shared by the read-only tests."""
-    return celeba.generate_celeba(tmp_path_factory.mktemp("gen") / "data", N, seed=0, progress=False)
+    return generated_celeba.generate_celeba(tmp_path_factory.mktemp("gen") / "data", N, seed=0, progress=False)
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def copy(gen, tmp_path):
 
 @pytest.fixture(scope="module")
 def sample():
-    return celeba.sample_attributes(4000, seed=1)
+    return generated_celeba.sample_attributes(4000, seed=1)
 
 
 def _digests(root):
@@ -61,7 +61,7 @@ def test_layout_and_text_formats(gen):
     assert lines[2][10:14] in (" -1 ", "  1 ")          # CelebA's two-character columns
     part = [int(line.split()[1]) for line in (base / "list_eval_partition.txt").read_text().splitlines()]
     assert part == sorted(part)                          # contiguous, as in CelebA
-    assert [part.count(k) for k in (0, 1, 2)] == list(celeba.split_sizes(N)) == [48, 6, 6]
+    assert [part.count(k) for k in (0, 1, 2)] == list(generated_celeba.split_sizes(N)) == [48, 6, 6]
     bbox = (base / "list_bbox_celeba.txt").read_text().splitlines()
     assert bbox[0] == str(N) and bbox[1].split() == ["image_id", "x_1", "y_1", "width", "height"]
     marks = (base / "list_landmarks_align_celeba.txt").read_text().splitlines()
@@ -99,22 +99,22 @@ def test_checksum_check_is_on_by_default_and_skipped_explicitly(gen):
 
 # ---------------------------------------------------------------------------- generator
 def test_generation_is_deterministic_and_idempotent(gen, tmp_path):
-    again = celeba.generate_celeba(tmp_path / "again", N, seed=0, progress=False)
+    again = generated_celeba.generate_celeba(tmp_path / "again", N, seed=0, progress=False)
     assert _digests(again) == _digests(gen)
-    other = celeba.generate_celeba(tmp_path / "other", N, seed=1, progress=False)
+    other = generated_celeba.generate_celeba(tmp_path / "other", N, seed=1, progress=False)
     assert _digests(other)["list_attr_celeba.txt"] != _digests(gen)["list_attr_celeba.txt"]
     stamp = os.stat(again / "celeba" / "list_attr_celeba.txt").st_mtime_ns
-    assert celeba.generate_celeba(again, N, seed=0, progress=False) == again      # no work
+    assert generated_celeba.generate_celeba(again, N, seed=0, progress=False) == again      # no work
     assert os.stat(again / "celeba" / "list_attr_celeba.txt").st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other parameters"):
-        celeba.generate_celeba(again, N, seed=5, progress=False)
-    celeba.generate_celeba(again, 20, seed=5, progress=False, overwrite=True)
+        generated_celeba.generate_celeba(again, N, seed=5, progress=False)
+    generated_celeba.generate_celeba(again, 20, seed=5, progress=False, overwrite=True)
     assert json.loads((again / "celeba" / "ground_truth.json").read_text())["n_images"] == 20
 
 
 def test_interrupted_generation_never_looks_complete(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = celeba.render_face
+    real = generated_celeba.render_face
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -122,24 +122,24 @@ def test_interrupted_generation_never_looks_complete(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(celeba, "render_face", flaky)
+    monkeypatch.setattr(generated_celeba, "render_face", flaky)
     with pytest.raises(KeyboardInterrupt):
-        celeba.generate_celeba(tmp_path, 30, seed=0, progress=False)
+        generated_celeba.generate_celeba(tmp_path, 30, seed=0, progress=False)
     assert not (tmp_path / "celeba").exists() and not list(tmp_path.glob(".celeba.partial-*"))
-    monkeypatch.setattr(celeba, "render_face", real)
+    monkeypatch.setattr(generated_celeba, "render_face", real)
     stale = tmp_path / f".celeba.partial-{2**22 + 17}-dead"      # left by a killed process
     stale.mkdir()
-    celeba.generate_celeba(tmp_path, 30, seed=0, progress=False)
+    generated_celeba.generate_celeba(tmp_path, 30, seed=0, progress=False)
     assert (tmp_path / "celeba" / "ground_truth.json").exists() and not stale.exists()
     real_like = tmp_path / "real"
     (real_like / "celeba").mkdir(parents=True)
     with pytest.raises(ValueError, match="not hold data generated"):
-        celeba.generate_celeba(real_like, 30, overwrite=True, progress=False)
+        generated_celeba.generate_celeba(real_like, 30, overwrite=True, progress=False)
 
 
 @pytest.mark.slow
 def test_parallel_generation_gives_the_same_bytes(gen, tmp_path):
-    par = celeba.generate_celeba(tmp_path, N, seed=0, progress=False, workers=2)
+    par = generated_celeba.generate_celeba(tmp_path, N, seed=0, progress=False, workers=2)
     assert _digests(par) == _digests(gen)
 
 
@@ -147,8 +147,8 @@ def test_base_rates_and_exclusivity(sample):
     attrs, _ = sample
     rates = attrs.mean(axis=0)
     for i, name in enumerate(ATTRIBUTES):
-        assert abs(rates[i] - celeba.CELEBA_BASE_RATES[name]) < 0.03, name
-    hair = attrs[:, [IDX[a] for a in celeba.HAIR_COLOURS]]
+        assert abs(rates[i] - generated_celeba.CELEBA_BASE_RATES[name]) < 0.03, name
+    hair = attrs[:, [IDX[a] for a in HAIR_COLOURS]]
     assert hair.sum(axis=1).max() == 1 and (hair.sum(axis=1) == 0).any()
     assert (attrs[:, IDX["Straight_Hair"]] + attrs[:, IDX["Wavy_Hair"]]).max() == 1
     bald = attrs[:, IDX["Bald"]] == 1
@@ -159,23 +159,23 @@ def test_base_rates_and_exclusivity(sample):
 
 def test_correlations_and_noise(sample):
     attrs, _ = sample
-    for a, b, sign, _ in celeba.CORRELATED_PAIRS:
-        assert sign * celeba._phi(attrs[:, IDX[a]], attrs[:, IDX[b]]) > 0.1, (a, b)
-    for a in celeba.NOISE_ATTRIBUTES:
+    for a, b, sign, _ in generated_celeba.CORRELATED_PAIRS:
+        assert sign * generated_celeba._phi(attrs[:, IDX[a]], attrs[:, IDX[b]]) > 0.1, (a, b)
+    for a in generated_celeba.NOISE_ATTRIBUTES:
         for b in ATTRIBUTES:
             if a != b:
-                assert abs(celeba._phi(attrs[:, IDX[a]], attrs[:, IDX[b]])) < 0.08, (a, b)
+                assert abs(generated_celeba._phi(attrs[:, IDX[a]], attrs[:, IDX[b]])) < 0.08, (a, b)
 
 
 def test_black_brown_shades_overlap(sample):
     attrs, hair_z = sample
-    shade = celeba.hair_shade(attrs, hair_z)
+    shade = generated_celeba.hair_shade(attrs, hair_z)
     black, brown = attrs[:, IDX["Black_Hair"]] == 1, attrs[:, IDX["Brown_Hair"]] == 1
     assert np.isnan(shade[~(black | brown)]).all() and not np.isnan(shade[black | brown]).any()
     assert shade[black].max() > shade[brown].min()
-    post = celeba.black_posterior(shade)
+    post = generated_celeba.black_posterior(shade)
     assert (post[black] < 0.5).mean() > 0.02 and (post[brown] > 0.5).mean() > 0.02
-    gt = celeba._ground_truth(attrs, hair_z, len(attrs), 1, [f"{i:06d}.jpg" for i in range(len(attrs))])
+    gt = generated_celeba._ground_truth(attrs, hair_z, len(attrs), 1, [f"{i:06d}.jpg" for i in range(len(attrs))])
     pair = gt["ambiguous_pairs"][0]
     assert pair["attributes"] == ["Black_Hair", "Brown_Hair"] and 0.03 < pair["bayes_error"] < 0.2
     assert len(pair["ambiguous_images"]) > 50
@@ -184,17 +184,17 @@ def test_black_brown_shades_overlap(sample):
 def test_visible_attributes_change_the_drawing_and_others_do_not():
     base = np.zeros(40, dtype=np.int8)
     base[IDX["No_Beard"]] = base[IDX["Young"]] = 1
-    ref = np.asarray(celeba.render_face(base, seed=(0, 7))[0])
+    ref = np.asarray(generated_celeba.render_face(base, seed=(0, 7))[0])
     for name in ATTRIBUTES:
         row = base.copy()
         row[IDX[name]] = 1 - row[IDX[name]]
-        changed = not np.array_equal(np.asarray(celeba.render_face(row, seed=(0, 7))[0]), ref)
-        assert changed == (name in celeba.VISIBLE_ATTRIBUTES), name
+        changed = not np.array_equal(np.asarray(generated_celeba.render_face(row, seed=(0, 7))[0]), ref)
+        assert changed == (name in generated_celeba.VISIBLE_ATTRIBUTES), name
 
 
 def test_ground_truth_json(gen):
     gt = json.loads((gen / "celeba" / "ground_truth.json").read_text())
-    assert gt["seed"] == 0 and gt["n_images"] == N and gt["generator_version"] == celeba.GENERATOR_VERSION
+    assert gt["seed"] == 0 and gt["n_images"] == N and gt["generator_version"] == generated_celeba.GENERATOR_VERSION
     assert gt["exclusive_groups"][0] == ["Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair"]
     groups = gt["visible_attributes"] + gt["hidden_correlated_attributes"] + gt["noise_attributes"]
     assert sorted(groups) == sorted(ATTRIBUTES) and len(groups) == 40
