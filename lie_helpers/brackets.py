@@ -296,8 +296,8 @@ class BracketMatrix:
 # Parameter count above which, on the CPU, `bracket_matrix` computes row by row with plain
 # autograd: vmapping over examples and tangents turns the tangent convolutions into grouped
 # convolutions, slow on the CPU for wide layers (measured on MXResNet18, 2-core CPU:
-# width 0.25 / 32 px, 0.7 M parameters: vmap 0.27-0.36x the naive time, rows 1.1x;
-# width 1 / 64 px, 11.2 M parameters: vmap 5.2x, rows 0.69x).
+# width 0.25 / 32 px, 0.7 M parameters: vmap 0.30x the naive time, rows 0.78x;
+# width 1 / 64 px, 11.2 M parameters: vmap 6.6x, rows 0.85x).
 ROWS_ABOVE_PARAMETERS_ON_CPU = 2_000_000
 
 
