@@ -1,9 +1,10 @@
 """lie_helpers: training examples as vector fields on parameter space, and their Lie brackets.
 
 The bracket engine is exported here; the rest lives in submodules:
-`toy` (quadratics and small nets for the theory), `celeba` (data loading and cache), `generated_celeba`
-(CelebA-format data drawn offline), `mxresnet` (model),
-`train` (training with checkpoints), `analysis` (brackets at checkpoints), `plots`.
+`toy` (quadratics and small nets for the theory), `attributes` and `celeba` (CelebA's format, loading
+and cache), `generated_celeba` (CelebA-format data drawn offline), `mxresnet` (model), `losses`,
+`train` (training with checkpoints), `analysis` (brackets at checkpoints), `summaries`, `plots`,
+`bracket_figures`, `hypothesis` and `symmetry` (notebooks 03-05), `chain` (the papermill chain).
 """
 __version__ = "0.1.0"
 

@@ -14,8 +14,7 @@ ATTRIBUTES = (
     "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )
 assert len(ATTRIBUTES) == 40
-HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
-
+HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")   # exclusive in generated data; meant so in CelebA
 
 BASE_FOLDER = "celeba"
 IMAGE_FOLDER = "img_align_celeba"
