@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import storage
-from .brackets import bracket_matrix, pushforward, rms_per_tensor
+from .brackets import bracket_matrix, bracket_mode, pushforward, rms_per_tensor
 from .config import Profile, run_paths
 from .losses import get_loss
 from .train import checkpoint_info, list_checkpoints, load_checkpoint, prepare_inputs
@@ -56,17 +56,19 @@ def analyse_checkpoint(model, loss_fn, examples, targets, batch, *, keep_full: b
     """The compact record of one checkpoint (see the module docstring); with keep_full, also every bracket."""
     full = {}
 
+    def rms_vector(field):
+        return torch.tensor(list(rms_per_tensor(field).values()))
+
     def reduce(bracket):
-        return (torch.tensor(list(rms_per_tensor(bracket).values())),
-                pushforward(model, batch, bracket).detach().cpu())
+        return rms_vector(bracket), pushforward(model, batch, bracket).detach().cpu()
 
     def reduce_and_keep(bracket):
         full[len(full)] = {k: t.detach().to("cpu", torch.float16) for k, t in bracket.items()}
         return reduce(bracket)
 
     matrix = bracket_matrix(model, loss_fn, examples, targets, reduce=reduce_and_keep if keep_full else reduce,
-                            reduce_gradient=lambda g: torch.tensor(list(rms_per_tensor(g).values())))
-    with torch.no_grad():
+                            reduce_gradient=rms_vector)
+    with bracket_mode(model), torch.no_grad():   # the same mode as the fields, TF32 off on a GPU
         batch_logits = model(batch).cpu()
     record = {
         "pairs": torch.tensor(matrix.pairs),

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, TEXT_FILES
 from .generated_celeba import generate_celeba
-from .storage import atomic_save_tensors, load_tensors
+from .storage import atomic_save_tensors, load_tensors, read_metadata
 
 PREPROCESS_VERSION = 1
 SPLITS = ("train", "valid", "test", "all")
@@ -264,20 +264,13 @@ def _decode(path: Path, size: int) -> np.ndarray:
         raise _bad_image(path, err) from err
 
 
-def _cache_metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.metadata() or {}
-
-
 def _remove_stale_caches(cache_dir: Path, stem: str, keep: Path, source: str) -> None:
     """Delete older cache files of the same source, split and resolution (other sources' files stay)."""
     for stale in cache_dir.glob(f"{stem}-*.safetensors"):
         if stale == keep:
             continue
         try:
-            same_source = _cache_metadata(stale).get("source") == source
+            same_source = read_metadata(stale).get("source") == source
         except Exception:  # noqa: BLE001 - an unreadable cache file is stale by definition
             same_source = True
         if same_source:
@@ -304,7 +297,7 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
     image_size = int(image_size)
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}.")
-    check_celeba_folder(data_dir, verify_checksums=verify_checksums)
+    base = check_celeba_folder(data_dir, verify_checksums=verify_checksums)
     fp = data_fingerprint(data_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
     stem = f"celeba-{split}-{image_size}px-p{PREPROCESS_VERSION}"
@@ -312,14 +305,14 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
     if path.exists():
         try:
             t = load_tensors(path)
-            meta = _cache_metadata(path)
+            meta = read_metadata(path)
             if meta.get("fingerprint") == fp and t["images"].shape[1:] == (3, image_size, image_size):
                 return SplitTensors(t["images"], t["attributes"].to(torch.int64), json.loads(meta["filenames"]),
                                     fp, split, image_size)
         except Exception as err:  # noqa: BLE001 - any unreadable cache file is rebuilt
             warnings.warn(f"Rebuilding the unreadable cache file {path} ({err}).")
-    ds = CelebAFolder(data_dir, split=split, verify_checksums=verify_checksums)
-    image_dir = data_dir / BASE_FOLDER / IMAGE_FOLDER
+    ds = CelebAFolder(data_dir, split=split, verify_checksums=False)   # checksums checked above
+    image_dir = base / IMAGE_FOLDER
     present = {e.name for e in os.scandir(image_dir)}
     missing = [name for name in ds.filename if name not in present]
     if missing:

@@ -321,10 +321,6 @@ def _scale(c, f):
     return tuple(max(0, min(255, int(round(v * f)))) for v in c)
 
 
-def _mix(c0, c1, w):
-    return _lerp(c0, c1, w)
-
-
 def _hair_colour(row, hair_z, u):
     if row[_IDX["Black_Hair"]] or row[_IDX["Brown_Hair"]]:
         t = float(hair_shade(row, hair_z))
@@ -425,7 +421,7 @@ def render_face(attributes, hair_z: float = 0.0, seed=0):
     # beard family
     beard_colour = hair if has_hair else (72, 66, 60)
     if on["5_o_Clock_Shadow"]:
-        d.chord(B(cx - fw + 3, 112, cx + fw - 3, chin), 0, 180, fill=_mix(skin, (70, 80, 95), 0.35))
+        d.chord(B(cx - fw + 3, 112, cx + fw - 3, chin), 0, 180, fill=_lerp(skin, (70, 80, 95), 0.35))
     specific = on["Goatee"] or on["Mustache"] or on["Sideburns"]
     if not on["No_Beard"] and not specific:
         d.chord(B(cx - fw, 110, cx + fw, chin + 3), 0, 180, fill=beard_colour)
@@ -483,7 +479,7 @@ def render_face(attributes, hair_z: float = 0.0, seed=0):
         r = min(4.0, eh)
         d.ellipse(B(ex - r, ey - r, ex + r, ey + r), fill=iris)
         if on["Rosy_Cheeks"]:
-            d.ellipse(B(ex - 9 + sx * 6, 128, ex + 9 + sx * 6, 143), fill=_mix(skin, (235, 110, 130), 0.55))
+            d.ellipse(B(ex - 9 + sx * 6, 128, ex + 9 + sx * 6, 143), fill=_lerp(skin, (235, 110, 130), 0.55))
     if on["Eyeglasses"]:
         frame = [(20, 20, 20), (90, 60, 30), (130, 130, 140)][int(u[14] * 3)]
         for sx in (-1, 1):

@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import grad
 
 from . import toy
-from .brackets import bracket_matrix, bracket_mode, example_loss, gradient, lie_bracket, parameters_of
+from .brackets import bracket_matrix, bracket_mode, example_loss, field_norm, gradient, lie_bracket, parameters_of
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -153,8 +153,7 @@ def rescale_residuals(field: dict, params: dict, first: str = "0", second: str =
         return torch.cat([incoming, sign * tensors[f"{second}.weight"].T], dim=1).double()  # [hidden, d_in+1+d_out]
 
     grad_q, f = unit_rows(params, -1.0), unit_rows(field, 1.0)
-    field_norm = torch.sqrt(sum(t.double().pow(2).sum() for t in field.values()))
-    return ((grad_q * f).sum(1) / (grad_q.norm(dim=1) * field_norm)).numpy()
+    return ((grad_q * f).sum(1) / (grad_q.norm(dim=1) * field_norm(field))).numpy()
 
 
 def rescale_check(problem: toy.ToyProblem) -> tuple[np.ndarray, np.ndarray]:
