@@ -264,12 +264,13 @@ def copy_figures(source_dir: Path, figures_dir: Path) -> int:
 
 
 def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, figures_dir=None,
-              overrides=None, force=False, only=None, start=None, update_references=False,
+              run_dir=None, overrides=None, force=False, only=None, start=None, update_references=False,
               package_dir=PACKAGE_DIR, kernel_name=KERNEL_NAME, progress_bar=True, log=say) -> list:
     """Run the chain for `profile`; returns [(stage name, "ran" | "skipped" | "not selected", seconds)].
 
-    Folders default to the repository's notebooks/, runs/ and figures/. Everything that can
-    be wrong with the request (profile, settings, stage names) fails before any work.
+    Folders default to the repository's notebooks/, runs/ and figures/. `run_dir` puts the run
+    somewhere other than runs/<profile>; its figures then stay there (figures/ is not touched).
+    Everything that can be wrong with the request (profile, settings, stage names) fails before any work.
     Raises ChainError with a message for the terminal when a notebook fails.
     """
     notebooks_dir = Path(notebooks_dir or REPO_DIR / "notebooks").resolve()
@@ -281,7 +282,8 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
         get_profile(profile, **overrides)
     except ValueError as err:
         raise ChainError(str(err)) from None
-    run_root = runs_root / profile
+    own_folder = run_dir is not None
+    run_root = Path(run_dir).resolve() if own_folder else runs_root / profile
     # The notebooks find their run folder as ../runs/<profile> from notebooks/; say so only
     # when it is elsewhere.
     run_dir = None if run_root == (notebooks_dir.parent / "runs" / profile).resolve() else run_root
@@ -347,7 +349,7 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
             results.append((stage.name, "ran", seconds))
         previous = state["stages"].get(stage.name, {}).get("key")
 
-    if profile != "ci":
+    if profile != "ci" and not own_folder:
         copied = copy_figures(run_root / "figures", figures_dir)
         if copied:
             log(f"Copied {copied} figure(s) from {_show(run_root / 'figures')} "
@@ -401,6 +403,8 @@ def main(argv=None) -> int:
                         help="after a default-profile run, copy the executed notebooks over notebooks/")
     parser.add_argument("--list", action="store_true", help="print the stages and their status, run nothing")
     parser.add_argument("--no-progress-bar", action="store_true", help="hide papermill's progress bar")
+    parser.add_argument("--run-dir", type=Path, metavar="DIR",
+                        help="run folder (default: runs/<profile>); its figures are not copied to figures/")
     parser.add_argument("--root", type=Path, default=REPO_DIR,
                         help="folder holding notebooks/, runs/ and figures/ (default: the repository)")
     args = parser.parse_args(argv)
@@ -412,7 +416,7 @@ def main(argv=None) -> int:
             return 0
         run_chain(args.profile, overrides=overrides, force=args.force, only=args.only, start=args.start,
                   update_references=args.update_references, progress_bar=not args.no_progress_bar,
-                  figures_dir=args.root / "figures", **folders)
+                  figures_dir=args.root / "figures", run_dir=args.run_dir, **folders)
     except ChainError as err:
         print(f"\nChain stopped. {err}", file=sys.stderr)
         return 1
