@@ -9,7 +9,7 @@
   step, and the rank of the highlighted outputs among all of them.
 
 Colour scales of the heatmaps are symmetric and per frame, clipped at a percentile of |value|:
-magnitudes are heavy-tailed across checkpoints (DESIGN.md §5), so one scale for all
+magnitudes are heavy-tailed across checkpoints (docs/design.md §5), so one scale for all
 frames would leave most of them blank.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ The Lie bracket of two such fields is
 with g = ∇L and H = ∇²L of one example. It is the leading term of how much the order of
 two SGD steps matters: swap_difference(x, y, lr) = θ_xy − θ_yx = lr² [v(x), v(y)] + O(lr³).
 
-Conventions (shared/DESIGN.md §2):
+Conventions (docs/design.md §2):
 - an example is (inputs, targets) with a leading batch dimension of 1, and its loss is
   loss_fn(model(inputs), targets), a scalar;
 - fields and brackets are dicts name -> tensor keyed like model.named_parameters();

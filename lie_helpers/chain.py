@@ -13,7 +13,8 @@ in Jupyter), and the executed copies are written to `runs/<profile>/notebooks/`.
 Parameters. Every notebook's first code cell is tagged `parameters` and defines
 `profile = "default"`, `overrides = {}` and `run_dir = None`. The chain injects only what
 differs from those defaults, so a default-profile run injects nothing and its executed
-notebooks can become the committed references that nbval re-executes and compares.
+notebooks can become the committed ones (what a reader of the repository sees). Their key
+results are checked separately, with tolerances: `python -m lie_helpers.results RUN_DIR`.
 
 Skipping. A stage's key hashes its cells, its parameters, the key of the previous stage's
 last successful run, and the lie_helpers sources. A stage whose key matches the one
@@ -293,9 +294,8 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
                else "--set overrides" if overrides else f"a run folder elsewhere ({run_root})")
         raise ChainError(
             f"--update-references is only for a plain default-profile run, not for {why}. "
-            "The committed notebooks are nbval references: nbval re-executes them with their "
-            "default parameters and compares outputs, so they must come from a run that injected "
-            "no parameters.")
+            "The committed notebooks are what a reader sees when they open notebooks/ with the "
+            "default parameters, so they must come from a run that injected no parameters.")
     stages = find_stages(notebooks_dir, run_root)
     if not stages:
         raise ChainError(f"No notebooks named NN_*.ipynb in {notebooks_dir}.")

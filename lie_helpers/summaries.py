@@ -7,7 +7,7 @@ Two findings of the write-up are checked here:
   their geometric mean, sqrt(rms(g_i) · rms(g_j)), tensor by tensor. The fit is least
   squares on log10 values; a slope of 1 means proportionality.
 * Hair attributes: after some step, Black_Hair and Brown_Hair logits are perturbed more
-  than the others. Bracket magnitudes are heavy-tailed across checkpoints (DESIGN.md §5),
+  than the others. Bracket magnitudes are heavy-tailed across checkpoints (docs/design.md §5),
   so attributes are only compared within one checkpoint: ranks among all outputs and
   ratios to the median output.
 """
@@ -168,3 +168,39 @@ def summarise_attributes(records, output_names, names=("Black_Hair", "Brown_Hair
 def most_perturbed(magnitude_row, output_names, n: int = 3) -> list[str]:
     """Names of the n most perturbed outputs of one checkpoint."""
     return [output_names[i] for i in np.argsort(-np.asarray(magnitude_row), kind="stable")[:n]]
+
+
+def describe_highlighted(summary: AttributeSummary, output_names) -> str:
+    """A paragraph, generated from `summary`, on how its outputs rank among all outputs.
+
+    Notebook 03 prints it instead of hard-coding a run's ranks: another CPU, thread count or
+    seed trains another trajectory, and ranks at single checkpoints change with it.
+    """
+    trained = [c for c, step in enumerate(summary.steps) if step > 0] or list(range(len(summary.steps)))
+    n, chance = len(trained), summary.top / len(output_names)
+    parts = []
+    for k, name in enumerate(summary.names):
+        ratio = summary.ratio[trained, k]
+        parts.append(f"{name} is among the {summary.top} most perturbed of the {len(output_names)} outputs at "
+                     f"{int(np.sum(summary.rank[trained, k] <= summary.top))} of {n} trained checkpoints "
+                     f"(chance {chance:.0%}; median rank {summary.median_rank[name]:g}), perturbed a median "
+                     f"{summary.median_ratio[name]:.1f}× as much as the median output (range "
+                     f"{ratio.min():.1f}–{ratio.max():.1f}×).")
+    leaders = [most_perturbed(summary.magnitude[c], output_names, 1)[0] for c in trained]
+    counts = {name: leaders.count(name) for name in dict.fromkeys(leaders)}
+    leader, times = max(counts.items(), key=lambda item: item[1])
+    parts.append(f"The most perturbed output changes between checkpoints: {len(counts)} different outputs lead, "
+                 f"{leader} most often ({times} of {n}).")
+    lowest = min(summary.median_ratio.values())
+    if lowest >= 3:
+        verdict = "singled out: every one of them is perturbed several times more than the median output."
+    elif lowest > 1.2:
+        verdict = ("elevated but not dominant: perturbed more than the typical output, not by orders of "
+                   "magnitude, and not the only outputs that lead.")
+    else:
+        verdict = "not elevated: at least one of them is perturbed no more than the typical output."
+    onset = summary.joint_onset
+    sustained = (f"All of them stay in the top {summary.top} at every checkpoint from step {onset} on."
+                 if onset is not None else
+                 f"They do not all stay in the top {summary.top} at every checkpoint after any step.")
+    return " ".join(parts) + f" So in this run they are {verdict} {sustained}"

@@ -144,7 +144,7 @@ def tanh_mlp(n: int = 8, d_in: int = 3, hidden: int = 16, d_out: int = 2, seed: 
     """A small smooth nonlinear problem: a tanh MLP regressing a random smooth function.
 
     tanh keeps every derivative finite, so the O(lr³) remainder of the swap difference is
-    clean (ReLU kinks would break it; see DESIGN.md §5).
+    clean (ReLU kinks would break it; see docs/design.md §5).
     """
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d_in, generator=gen, dtype=DTYPE)
@@ -162,26 +162,52 @@ def tanh_mlp(n: int = 8, d_in: int = 3, hidden: int = 16, d_out: int = 2, seed: 
 
 @dataclass
 class SwapCheck:
-    """Relative error ‖swap/lr² − bracket‖/‖bracket‖ per learning rate, and its log-log slope."""
+    """Relative error ‖swap/lr² − bracket‖/‖bracket‖ per learning rate, and its log-log slopes.
+
+    `slope` fits every point. `asymptotic_slope` fits only the `fit_points` smallest learning
+    rates whose error stands well above round-off (`roundoff`, a conservative estimate): the
+    regime where the Taylor expansion's O(lr³) remainder dominates. A piecewise-smooth field
+    (max-pool, ReLU) only reaches that regime once the steps are too small to cross a kink.
+    """
     lrs: np.ndarray
     rel_err: np.ndarray
     slope: float
+    roundoff: np.ndarray
+    fitted: np.ndarray          # bool mask of the points behind asymptotic_slope
+    asymptotic_slope: float
+
+    @property
+    def first_order(self) -> bool:
+        """The error falls like lr (slope 1 ± 0.2) in the asymptotic regime."""
+        return bool(abs(self.asymptotic_slope - 1) <= 0.2)
 
 
-def swap_check(model: nn.Module, loss_fn: Callable, example_x, example_y, lrs) -> SwapCheck:
+def swap_check(model: nn.Module, loss_fn: Callable, example_x, example_y, lrs, *,
+               fit_points: int = 3) -> SwapCheck:
     """Compare swap_difference/lr² with lie_bracket over `lrs`.
 
     Taylor expansion predicts an error of order lr (slope 1) for smooth losses and zero
-    (round-off) for quadratics.
+    (round-off) for quadratics. Round-off: the swap is built from differences of gradients
+    at points lr apart, each exact to about eps·‖g‖ (times a summation factor, taken as 100),
+    so the relative error cannot fall below ~100·eps·(‖g_x‖ + ‖g_y‖) / (lr·‖bracket‖).
     """
     bracket = lie_bracket(model, loss_fn, example_x, example_y)
+    eps = torch.finfo(next(iter(bracket.values())).dtype).eps
+    gradient_scale = (field_norm(gradient(model, loss_fn, example_x))
+                      + field_norm(gradient(model, loss_fn, example_y)))
     lrs = np.asarray(lrs, dtype=float)
     errs = []
     for lr in lrs:
         swap = swap_difference(model, loss_fn, example_x, example_y, float(lr))
         errs.append(relative_error({n: s / lr**2 for n, s in swap.items()}, bracket))
     errs = np.array(errs)
-    return SwapCheck(lrs, errs, loglog_slope(lrs, errs))
+    roundoff = 100 * eps * gradient_scale / (lrs * field_norm(bracket))
+    above = np.flatnonzero(errs > 10 * roundoff)
+    chosen = above[np.argsort(lrs[above])[:fit_points]]
+    fitted = np.zeros(len(lrs), bool)
+    fitted[chosen] = True
+    asymptotic = loglog_slope(lrs[fitted], errs[fitted]) if fitted.sum() >= 2 else float("nan")
+    return SwapCheck(lrs, errs, loglog_slope(lrs, errs), roundoff, fitted, asymptotic)
 
 
 # ----------------------------------------------------------------------------- minibatches

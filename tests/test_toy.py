@@ -53,6 +53,34 @@ def test_nonlinear_swap_remainder_is_order_lr(mlp):
     assert check.rel_err[0] < 1e-3 and check.rel_err[-1] > 1e-3  # a real O(lr) error, not zero
 
 
+def test_asymptotic_slope_leaves_out_roundoff(mlp):
+    """Down to lr 1e-10 float64 round-off swamps the smallest steps; the asymptotic fit skips them."""
+    lrs = np.logspace(-10, -2, 9)
+    check = toy.swap_check(mlp.model, mlp.loss_fn, mlp.examples[0], mlp.examples[1], lrs)
+    assert not check.fitted[0], (check.rel_err, check.roundoff)   # lr 1e-10 is round-off
+    assert check.fitted.sum() == 3 and check.first_order, (check.asymptotic_slope, check.rel_err)
+
+
+def test_asymptotic_slope_survives_a_kink():
+    """A max-pool network: large steps cross kinks of the field, small ones do not."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.MaxPool1d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(16, 1)).double()
+    loss_fn = toy.half_squared_error
+    x = (torch.randn(1, 1, 18, dtype=torch.float64), torch.randn(1, 1, dtype=torch.float64))
+    y = (torch.randn(1, 1, 18, dtype=torch.float64), torch.randn(1, 1, dtype=torch.float64))
+    check = toy.swap_check(model, loss_fn, x, y, np.logspace(-8, 0, 9))
+    assert check.first_order, (check.asymptotic_slope, check.rel_err)
+
+
+def test_a_wrong_bracket_fails_the_first_order_check(mlp, monkeypatch):
+    """A bracket 10% off leaves a relative error of 0.1 at every lr: no convergence, and the check says so."""
+    wrong = lambda *args, **kw: {n: 1.1 * t for n, t in lie_bracket(*args, **kw).items()}
+    monkeypatch.setattr(toy, "lie_bracket", wrong)
+    check = toy.swap_check(mlp.model, mlp.loss_fn, mlp.examples[0], mlp.examples[1], np.logspace(-7, -2, 6))
+    assert not check.first_order and abs(check.asymptotic_slope) < 0.1
+
+
 @pytest.mark.parametrize("problem", ["quad", "mlp"])
 def test_minibatch_bracket_is_mean_of_pairwise_brackets(problem, request):
     p = request.getfixturevalue(problem)

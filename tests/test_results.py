@@ -1,0 +1,102 @@
+"""The tolerant regression check: recording, each kind of check, and that it fails on a real change."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lie_helpers import results, toy
+from lie_helpers.brackets import lie_bracket
+
+
+def test_record_merges_and_loads(tmp_path):
+    results.record(tmp_path, "02", order=np.float64(1.01), shape=torch.Size([2, 3]))
+    results.record(tmp_path, "02", flag=np.bool_(True), values=np.array([1.0, 2.0]))
+    results.record(tmp_path, "00", slope=2.0)
+    assert json.loads((tmp_path / "results" / "02.json").read_text()) == {
+        "order": 1.01, "shape": [2, 3], "flag": True, "values": [1.0, 2.0]}
+    assert results.load(tmp_path) == {"00.slope": 2.0, "02.order": 1.01, "02.shape": [2, 3],
+                                      "02.flag": True, "02.values": [1.0, 2.0]}
+
+
+@pytest.mark.parametrize("check, good, bad", [
+    ({"value": 1.0, "abs": 0.1}, 1.09, 1.11),
+    ({"value": 2.0, "rel": 0.05}, 2.09, 2.11),
+    ({"log10": 2e-6, "factor": 10}, 1.9e-5, 2.1e-5),
+    ({"log10": 2e-6, "factor": 10}, 2.1e-7, 1.9e-7),
+    ({"min": 0.9}, 0.9, 0.89),
+    ({"max": 1e-12}, 1e-13, 2e-12),
+    ({"min": 0, "max": 1}, [0.2, 1.0], [0.2, 1.1]),
+    ({"equals": True}, True, False),
+    ({"equals": [21, 15]}, [21, 15], [21, 14]),
+    ({"value": 1.0, "abs": 0.1}, 1.0, math.nan),
+    ({"min": 0.0}, 1.0, "1.0"),
+])
+def test_each_kind_passes_inside_and_fails_outside(check, good, bad):
+    outcome = results.check_results({"01.x": good, "02.x": bad}, {"01.x": check, "02.x": check})
+    assert [o.passed for o in outcome] == [True, False]
+
+
+def test_a_result_that_was_not_recorded_fails(tmp_path, capsys):
+    (tmp_path / "checks.toml").write_text('["00.slope"]\nvalue = 1.0\nabs = 0.1\nmeasured = "x"\n'
+                                          '["01.count"]\nequals = 3\nmeasured = "x"\n')
+    results.record(tmp_path, "00", slope=1.02, extra=5)
+    assert results.main([str(tmp_path), "--checks", str(tmp_path / "checks.toml")]) == 1
+    out = capsys.readouterr().out
+    assert "NOT RECORDED" in out and "1 passed, 1 failed" in out and "shown but not checked: 00.extra" in out
+
+
+def test_no_results_folder_names_the_fix(tmp_path, capsys):
+    assert results.main([str(tmp_path / "nothing")]) == 2
+    assert "run the chain into" in capsys.readouterr().err
+
+
+def test_malformed_checks_are_refused(tmp_path):
+    for text in ['["a.b"]\nvalue = 1.0\n', '["a.b"]\nlog10 = 1.0\n', '["a.b"]\nmeasured = "x"\n',
+                 '["a.b"]\nequals = 1\nmin = 0\n']:
+        (tmp_path / "c.toml").write_text(text)
+        with pytest.raises(ValueError, match="a.b"):
+            results.load_checks(tmp_path / "c.toml")
+
+
+def test_the_committed_checks_are_well_formed_and_documented():
+    checks = results.load_checks()
+    assert len(checks) > 30
+    for name, check in checks.items():
+        assert name[:2] in {"00", "01", "02", "03", "04", "05"} and name[2] == ".", name
+        assert check.get("measured"), f"{name}: say what variation the tolerance comes from"
+        assert "TO MEASURE" not in check["measured"], name
+
+
+def _moved(check):
+    """A value just beyond the tolerance of `check`."""
+    if "equals" in check:
+        value = check["equals"]
+        return (not value) if isinstance(value, bool) else [v + 1 for v in value] if isinstance(value, list) else value + 1
+    if "value" in check:
+        return check["value"] + 1.01 * (check.get("abs", 0) + check.get("rel", 0) * abs(check["value"]))
+    if "log10" in check:
+        return check["log10"] * check["factor"] * 1.01
+    return check["max"] * 1.01 + 1e-300 if "max" in check else check["min"] - 1e-3 * (abs(check["min"]) + 1)
+
+
+def test_every_committed_check_fails_on_a_changed_result():
+    for name, check in results.load_checks().items():
+        assert not results.check_results({name: _moved(check)}, {name: check})[0].passed, name
+
+
+def test_a_broken_engine_fails_the_check(monkeypatch):
+    """Notebook 00's remainder slope, computed with a bracket 5% off, fails its committed check."""
+    checks = results.load_checks()
+    mlp = toy.tanh_mlp(n=8, d_in=3, hidden=16, d_out=2, seed=0)
+    lrs = np.logspace(-5, -1, 9)
+    good = toy.swap_check(mlp.model, mlp.loss_fn, mlp.examples[0], mlp.examples[1], lrs)
+    monkeypatch.setattr(toy, "lie_bracket", lambda *a, **k: {n: 1.05 * t for n, t in lie_bracket(*a, **k).items()})
+    broken = toy.swap_check(mlp.model, mlp.loss_fn, mlp.examples[0], mlp.examples[1], lrs)
+    outcomes = results.check_results({"00.remainder_slope": good.slope},
+                                     {"00.remainder_slope": checks["00.remainder_slope"]})
+    assert outcomes[0].passed
+    outcomes = results.check_results({"00.remainder_slope": broken.slope},
+                                     {"00.remainder_slope": checks["00.remainder_slope"]})
+    assert not outcomes[0].passed, broken.slope
