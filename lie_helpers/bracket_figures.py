@@ -238,7 +238,8 @@ def heatmap_page(records, output_names, *, lr: float, caption: str, highlight=("
     text = {"@TITLE@": "Brackets pushed onto the logits of a fixed batch", "@CAPTION@": caption,
             "@LR@": f"{lr:g}", "@LR2@": f"{lr * lr:.3g}", "@PCT@": f"{percentile:g}", "@ROWS@": str(n_rows),
             "@EXAMPLES@": str(data["examples"]), "@PAIRS@": str(n_pairs), "@CHECKPOINTS@": str(n_checkpoints),
-            "@OUTPUTS@": str(n_outputs), "@LASTEXAMPLE@": str(data["examples"] - 1), "@HIGHLIGHT@": " and ".join(highlight) or "no attribute"}
+            "@OUTPUTS@": str(n_outputs), "@LASTEXAMPLE@": str(data["examples"] - 1),
+            "@HIGHLIGHT@": " and ".join(highlight) or "no attribute"}
     page = _PAGE_TEMPLATE
     for key, value in text.items():
         page = page.replace(key, html.escape(value))
@@ -429,7 +430,8 @@ largest |value|.</p>
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   Object.assign(canvas.dataset, { left: LEFT, top: TOP, cellWidth: CELL_W, cellHeight: CELL_H });   // for tests
 
-  const fmt = x => String(Number(x.toPrecision(3)));   // 3 significant digits: 1390, 0.0346, 2.5e-7
+  // 3 significant digits: 1390, 0.0346, 6.32e-6
+  const fmt = x => (x !== 0 && Math.abs(x) < 1e-3 ? x.toExponential(2) : String(Number(x.toPrecision(3))));
   const value = (c, p, r, k) => values[((c * nP + p) * nR + r) * nO + k];
   const note = r => (D.row_notes && D.row_notes[r] ? " (" + D.row_notes[r] + ")" : "");
   const limit = () => (state.mode === "fixed" ? D.fixed_limit[state.pair] : D.frame_limit[state.checkpoint][state.pair]);
@@ -552,7 +554,8 @@ largest |value|.</p>
   });
   canvas.addEventListener("mousemove", function (event) {
     const box = canvas.getBoundingClientRect();
-    const k = Math.floor((event.clientX - box.left - LEFT) / CELL_W), r = Math.floor((event.clientY - box.top - TOP) / CELL_H);
+    const k = Math.floor((event.clientX - box.left - LEFT) / CELL_W);
+    const r = Math.floor((event.clientY - box.top - TOP) / CELL_H);
     const inside = r >= 0 && r < nR && k >= 0 && k < nO;
     const hover = inside ? [r, k] : null;
     if (String(hover) !== String(state.hover)) { state.hover = hover; update(); }
