@@ -331,12 +331,13 @@ def plot_attribute_perturbation(summary: summaries.AttributeSummary, output_name
 
 
 # The page of `heatmap_page`: @NAME@ fields are filled in (HTML-escaped), @DATA@ with the JSON data.
-# No URL anywhere: nothing is fetched, so the page works offline and from file://.
+# No URL but data: ones: nothing is fetched, so the page works offline, from file:// and from a static host.
 _PAGE_TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">  <!-- an empty icon: no request for /favicon.ico on a static host -->
 <title>@TITLE@</title>
 <style>
   body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #222;

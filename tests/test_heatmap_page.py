@@ -4,11 +4,14 @@ The browser test drives Debian's Chromium (`apt-get install chromium`) with play
 downloads a browser, and skips with a message where none is installed.
 """
 import base64
+import functools
 import html
+import http.server
 import io
 import json
 import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -82,8 +85,10 @@ def test_page_is_self_contained_and_labelled():
     assert page.startswith("<!DOCTYPE html>")
     # everything but the data (whose base64 may spell anything) names no URL and loads nothing
     markup = page.replace(re.search(r'id="heatmap-data">(.*?)</script>', page, re.S).group(1), "").lower()
-    for fetches in ("http", "://", "<link", " src=", "url(", "@import", "fetch(", "xmlhttprequest"):
+    for fetches in ("http", "://", "url(", "@import", "fetch(", "xmlhttprequest", "import("):
         assert fetches not in markup, fetches
+    links = re.findall(r"""\b(?:href|src)\s*=\s*["']?([^"'\s>]*)""", markup)
+    assert links == ["data:,"]   # the empty icon that keeps a browser from asking a host for /favicon.ico
     assert html.escape(CAPTION) in page and CAPTION not in page
     assert "<noscript>" in page and "JavaScript" in page
     assert "lr = 0.005" in page and "2.5e-05 × value logits" in page
@@ -214,3 +219,36 @@ def test_screenshot_is_a_png_of_the_whole_page(chromium, tmp_path):
     bracket_figures.screenshot_page(path, tmp_path / "page.png", browser=chromium, width=1000, scale=1.5)
     with Image.open(tmp_path / "page.png") as image:
         assert image.format == "PNG" and image.width == 1500 and image.height > 900
+
+
+def test_page_from_a_static_host_requests_nothing_more(chromium, tmp_path):
+    """Served over HTTP (as from GitHub Pages), the page asks for nothing but itself, not even a favicon."""
+    from playwright.sync_api import sync_playwright
+
+    (tmp_path / "page.html").write_text(bracket_figures.heatmap_page(synthetic_records(), ATTRIBUTES, lr=LR,
+                                                                     caption=CAPTION), encoding="utf-8")
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=tmp_path))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/page.html"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium)
+            page = browser.new_page()
+            requests, problems = [], []
+            page.on("request", lambda request: requests.append(request.url))
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.goto(url, wait_until="networkidle")
+            page.wait_for_selector("#readout[data-ready]")
+            assert f"step {STEPS[-1]}" in page.inner_text("#frame-title")
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert problems == []
+    assert requests == [url]
