@@ -3,22 +3,26 @@
 * `plot_rms_loglog`: bracket RMS against gradient RMS per parameter tensor, log-log, with fits.
 * Logit-perturbation heatmaps: one bracket pushed onto the outputs of a fixed batch
   (batch examples × outputs). `heatmap_frame` draws one (checkpoint, pair); a static grid
-  of checkpoints, a JavaScript animation over checkpoints (works without a kernel) and an
-  ipywidgets viewer (needs one) are built on it.
+  of checkpoints and an ipywidgets viewer (needs a kernel) are built on it.
+  `heatmap_page` is the same data as one self-contained HTML page (checkpoint slider, pair
+  menu, fixed or per-frame colour scale; no kernel, no network), `screenshot_page` a PNG of it.
 * `plot_attribute_perturbation`: mean |logit perturbation| of every output against training
   step, and the rank of the highlighted outputs among all of them.
 
 Colour scales of the heatmaps are symmetric and per frame, clipped at a percentile of |value|:
 magnitudes are heavy-tailed across checkpoints (docs/design.md §5), so one scale for all
-frames would leave most of them blank.
+frames would leave most of them blank. The page offers both: fixed over a pair's
+checkpoints (frames comparable) or per frame (detail in the small ones).
 """
 from __future__ import annotations
 
+import base64
+import html
 import io
+import json
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.animation import FuncAnimation
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
 
@@ -174,24 +178,94 @@ def plot_logit_heatmaps(records, pair: int, checkpoints, output_names, *, highli
     return fig
 
 
-def logit_heatmap_html(records, output_names, pair: int, *, highlight=("Black_Hair", "Brown_Hair"),
-                       percentile: float = 99.0, interval_ms: int = 700, dpi: int = 72) -> str:
-    """`heatmap_frame` of one pair at every checkpoint, one frame each, as self-contained JavaScript HTML
-    (matplotlib's `to_jshtml`, frames embedded as PNG; dpi sets the size). Needs no kernel."""
-    fig, update = heatmap_frame(records, output_names, highlight=highlight, percentile=percentile)
-    animation = FuncAnimation(fig, lambda c: update(c, pair), frames=len(records.steps), interval=interval_ms,
-                              repeat=False)
-    with plt.rc_context({"savefig.dpi": dpi, "savefig.bbox": None}):
-        html = animation.to_jshtml()
-    plt.close(fig)
-    return html
+# ----------------------------------------------------------------------------- the interactive page
+
+def encode_frames(values) -> tuple[str, list]:
+    """[checkpoints, pairs, rows, outputs] values as base64 little-endian float16 of value / max|frame|,
+    and the per-frame scales (max |value|, 1 for an all-zero frame), checkpoint-major.
+
+    Dividing by the frame's maximum keeps every frame inside float16's range (raw magnitudes reach
+    1e4 and more); the relative error of each value is then at most 2⁻¹¹ (about 0.05%) down to
+    6e-5 of its frame's maximum, far below what a colour or a 3-digit readout shows.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    scale = np.abs(values).max(axis=(2, 3))
+    scale[scale == 0] = 1.0
+    halves = (values / scale[..., None, None]).astype("<f2")
+    return base64.b64encode(halves.tobytes()).decode("ascii"), scale.ravel().tolist()
 
 
-def html_page(body: str, title: str, caption: str) -> str:
-    """A standalone HTML page: title, the body (e.g. an animation) and the caption (profile and data)."""
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title></head>\n"
-            f"<body style='font-family:sans-serif'>\n<h3>{title}</h3>\n{body}\n"
-            f"<p style='font-size:small;color:#555'>{caption}</p>\n</body></html>\n")
+def heatmap_page(records, output_names, *, lr: float, caption: str, highlight=("Black_Hair", "Brown_Hair"),
+                 pair: int = 0, percentile: float = 99.0, row_notes=None) -> str:
+    """One self-contained HTML page of the logit-perturbation heatmaps: every checkpoint and pair.
+
+    A checkpoint slider (opening at the last one), a pair menu, a colour scale fixed over the pair's
+    checkpoints or set per frame (both at `percentile` of |value|), the pair's own examples' rows and
+    the `highlight` columns boxed, a readout in logits per unit lr² and in logits at `lr` (the run's
+    learning rate), an explanation and the data `caption`. Everything is inline (data as base64
+    float16, see `encode_frames`): no network request, so it opens from disk or any static host.
+    `row_notes` (optional, one short text per batch image, e.g. its hair colour) label the rows.
+    """
+    output_names, highlight = list(output_names), list(highlight)
+    values = records.logit_perturbation.double().numpy()
+    n_checkpoints, n_pairs, n_rows, n_outputs = values.shape
+    if (n_checkpoints, n_pairs, n_outputs) != (len(records.steps), len(records.pairs), len(output_names)):
+        raise ValueError(f"logit_perturbation has shape {tuple(values.shape)} but the records have "
+                         f"{len(records.steps)} steps and {len(records.pairs)} pairs and there are {len(output_names)} "
+                         "output names: pass the output names of the loss the run trained with.")
+    if missing := [name for name in highlight if name not in output_names]:
+        raise ValueError(f"highlight names {missing} are not output names; choose among {output_names}.")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive (the run's learning rate, e.g. profile.lr), got {lr}.")
+    if not 0 <= pair < n_pairs:
+        raise ValueError(f"pair {pair} is not an index into the {n_pairs} pairs.")
+    if max(max(p) for p in records.pairs) >= n_rows:
+        raise ValueError(f"pairs {records.pairs} name examples beyond the {n_rows} batch rows; the bracket examples "
+                         "must be the first images of the pushforward batch.")
+    if row_notes is not None and len(row_notes) != n_rows:
+        raise ValueError(f"row_notes has {len(row_notes)} entries; give one per batch image ({n_rows}).")
+    encoded, scale = encode_frames(values)
+    lut = (plt.get_cmap(SIGNED_CMAP)(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(int)
+    data = {
+        "steps": list(records.steps), "pairs": [list(p) for p in records.pairs], "outputs": output_names,
+        "highlight": highlight, "rows": n_rows, "examples": 1 + max(max(p) for p in records.pairs),
+        "row_notes": list(row_notes) if row_notes is not None else None, "lr": lr, "percentile": percentile,
+        "pair": pair, "values": encoded, "scale": scale,
+        "frame_limit": [[color_limit(values[c, p], percentile) for p in range(n_pairs)] for c in range(n_checkpoints)],
+        "fixed_limit": [color_limit(values[:, p], percentile) for p in range(n_pairs)],
+        "colormap": ["#%02x%02x%02x" % tuple(rgb) for rgb in lut],
+    }
+    text = {"@TITLE@": "Brackets pushed onto the logits of a fixed batch", "@CAPTION@": caption,
+            "@LR@": f"{lr:g}", "@LR2@": f"{lr * lr:.3g}", "@PCT@": f"{percentile:g}", "@ROWS@": str(n_rows),
+            "@EXAMPLES@": str(data["examples"]), "@PAIRS@": str(n_pairs), "@CHECKPOINTS@": str(n_checkpoints),
+            "@OUTPUTS@": str(n_outputs), "@LASTEXAMPLE@": str(data["examples"] - 1),
+            "@HIGHLIGHT@": " and ".join(highlight) or "no attribute"}
+    page = _PAGE_TEMPLATE
+    for key, value in text.items():
+        page = page.replace(key, html.escape(value))
+    # JSON inside <script>: "</" would end the element early
+    return page.replace("@DATA@", json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))
+
+
+def screenshot_page(html_path, png_path, *, browser: str = "/usr/bin/chromium", width: int = 1100,
+                    scale: float = 2.0) -> None:
+    """A PNG of the whole page at `html_path` as headless Chromium draws it (for the README).
+
+    Needs the test extra (playwright, `pip install -e .[test]`) and a Chromium binary (Debian:
+    `apt-get install chromium`); playwright drives that browser, it downloads none.
+    """
+    from pathlib import Path
+
+    from playwright.sync_api import sync_playwright
+
+    html_path = Path(html_path).resolve()
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=browser)
+        page = chromium.new_page(viewport={"width": width, "height": 800}, device_scale_factor=scale)
+        page.goto(html_path.as_uri())
+        page.wait_for_selector("#readout[data-ready]")
+        page.screenshot(path=str(png_path), full_page=True)
+        chromium.close()
 
 
 def interactive_heatmaps(records, output_names, *, highlight=("Black_Hair", "Brown_Hair"), percentile: float = 99.0,
@@ -254,3 +328,243 @@ def plot_attribute_perturbation(summary: summaries.AttributeSummary, output_name
     ax_rank.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+# The page of `heatmap_page`: @NAME@ fields are filled in (HTML-escaped), @DATA@ with the JSON data.
+# No URL but data: ones: nothing is fetched, so the page works offline, from file:// and from a static host.
+_PAGE_TEMPLATE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">  <!-- an empty icon: no request for /favicon.ico on a static host -->
+<title>@TITLE@</title>
+<style>
+  body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #222;
+         max-width: 1120px; margin: 1em auto; padding: 0 12px; }
+  h1 { font-size: 1.35em; margin: 0.2em 0; }
+  .caption { color: #444; font-size: 14px; border-left: 3px solid #999; padding-left: 0.6em; margin: 0.3em 0 0.8em; }
+  .controls { display: flex; flex-wrap: wrap; gap: 0.6em 1.8em; align-items: center; margin: 0.6em 0; }
+  .controls label { font-weight: 600; margin-right: 0.4em; }
+  #checkpoint { width: 300px; vertical-align: middle; }
+  #frame-title { font-size: 1.1em; font-weight: 600; margin: 0.5em 0 0.2em; }
+  #limit { font-size: 14px; color: #333; margin: 0.2em 0; }
+  #readout { font: 14px/1.5 ui-monospace, "DejaVu Sans Mono", Menlo, monospace; background: #f3f3f3;
+             padding: 0.35em 0.6em; min-height: 3em; white-space: pre-wrap; }
+  .figure { overflow-x: auto; }
+  canvas { display: block; }
+  .explain p { margin: 0.45em 0; }
+</style>
+</head>
+<body>
+<h1>@TITLE@</h1>
+<p class="caption">Data: @CAPTION@</p>
+<noscript><p><strong>This page draws its heatmaps with JavaScript, which is off or unavailable here.</strong>
+The @CHECKPOINTS@ checkpoints × @PAIRS@ brackets × @ROWS@ images × @OUTPUTS@ attributes are embedded in this
+file; open it in a browser with JavaScript on. Notebook 03 also draws a static version
+(figures/03_logit_heatmaps.png, one pair at four checkpoints).</p></noscript>
+<div class="controls">
+  <span><label for="checkpoint">Checkpoint</label><input type="range" id="checkpoint" min="0" max="0" step="1" value="0">
+    <span id="step-label"></span></span>
+  <span><label for="pair">Bracket</label><select id="pair"></select></span>
+  <span><label>Colour scale</label>
+    <input type="radio" name="scale" id="scale-fixed" value="fixed" checked><label for="scale-fixed"
+      style="font-weight:normal">fixed over checkpoints</label>
+    <input type="radio" name="scale" id="scale-frame" value="frame"><label for="scale-frame"
+      style="font-weight:normal">per checkpoint</label></span>
+</div>
+<div id="frame-title"></div>
+<div id="limit"></div>
+<div class="figure"><canvas id="heatmap" aria-label="heatmap of logit changes: batch images by attributes"></canvas></div>
+<div id="readout" aria-live="polite"></div>
+<div class="explain">
+<p><strong>What a cell is.</strong> One entry of J<sub>θ</sub>f(batch)·[v<sub>i</sub>, v<sub>j</sub>]: how the
+logit of one attribute (column, @OUTPUTS@ attributes) of one image (row, the first @ROWS@ test images, a batch
+fixed for all checkpoints) changes, per unit lr², when the parameters move along the Lie bracket of the
+gradient fields of training examples i and j.</p>
+<p><strong>In logits.</strong> Two plain SGD steps of size lr, on example i and then on example j, end at
+parameters that differ from the other order (j, then i) by lr²·[v<sub>i</sub>, v<sub>j</sub>] + O(lr³). At the
+run's learning rate lr = @LR@, swapping the two steps therefore moves a cell's logit by about
+lr² × value = @LR2@ × value logits; the readout gives both. (The run trains with Adam at this learning rate;
+the brackets are those of plain SGD steps.)</p>
+<p><strong>Marks.</strong> Rows 0–@LASTEXAMPLE@ are the @EXAMPLES@ bracket examples themselves
+(v<sub>0</sub> … v<sub>@LASTEXAMPLE@</sub>); the two of the chosen bracket are boxed and marked ▶. The
+@HIGHLIGHT@ columns are boxed and their names coloured. The colour scale is symmetric and clipped at the
+@PCT@th percentile of |value|, either fixed over all @CHECKPOINTS@ checkpoints of the bracket (frames can be
+compared; magnitudes change by orders of magnitude over training, so some frames look pale) or per checkpoint
+(detail in every frame; scales differ). Hover a cell to read it; otherwise the readout shows the frame's
+largest |value|.</p>
+</div>
+<script type="application/json" id="heatmap-data">@DATA@</script>
+<script>
+"use strict";
+(function () {
+  const D = JSON.parse(document.getElementById("heatmap-data").textContent);
+  const nC = D.steps.length, nP = D.pairs.length, nR = D.rows, nO = D.outputs.length, frameSize = nR * nO;
+  const lr2 = D.lr * D.lr;
+  const HIGHLIGHT_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
+  const CELL_W = 18, CELL_H = 15, LEFT = 200, TOP = 10, BOTTOM = 160, BAR_GAP = 22, BAR_W = 16, RIGHT = 150;
+  const FONT = "12px system-ui, -apple-system, 'Segoe UI', Roboto, 'DejaVu Sans', sans-serif";
+  const BOLD = "bold " + FONT;
+
+  // float16 (little-endian) of value / max|frame|, times the frame's scale
+  const values = (function decode() {
+    const bin = atob(D.values), out = new Float64Array(bin.length / 2);
+    for (let n = 0; n < out.length; n++) {
+      const bits = bin.charCodeAt(2 * n) | (bin.charCodeAt(2 * n + 1) << 8);
+      const exp = (bits >> 10) & 0x1f, frac = bits & 0x3ff;
+      const magnitude = exp === 0 ? frac * Math.pow(2, -24) : (1 + frac / 1024) * Math.pow(2, exp - 15);
+      out[n] = (bits & 0x8000 ? -magnitude : magnitude) * D.scale[Math.floor(n / frameSize)];
+    }
+    return out;
+  })();
+  if (values.length !== nC * nP * frameSize) throw new Error("embedded data has the wrong length");
+
+  const state = { checkpoint: nC - 1, pair: D.pair, mode: "fixed", hover: null };
+  const slider = document.getElementById("checkpoint"), menu = document.getElementById("pair");
+  const canvas = document.getElementById("heatmap"), ctx = canvas.getContext("2d");
+  const readout = document.getElementById("readout");
+  const width = LEFT + nO * CELL_W + BAR_GAP + BAR_W + RIGHT, height = TOP + nR * CELL_H + BOTTOM;
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.round(width * ratio); canvas.height = Math.round(height * ratio);
+  canvas.style.width = width + "px"; canvas.style.height = height + "px";
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  Object.assign(canvas.dataset, { left: LEFT, top: TOP, cellWidth: CELL_W, cellHeight: CELL_H });   // for tests
+
+  // 3 significant digits: 1390, 0.0346, 6.32e-6
+  const fmt = x => (x !== 0 && Math.abs(x) < 1e-3 ? x.toExponential(2) : String(Number(x.toPrecision(3))));
+  const value = (c, p, r, k) => values[((c * nP + p) * nR + r) * nO + k];
+  const note = r => (D.row_notes && D.row_notes[r] ? " (" + D.row_notes[r] + ")" : "");
+  const limit = () => (state.mode === "fixed" ? D.fixed_limit[state.pair] : D.frame_limit[state.checkpoint][state.pair]);
+  const colour = (v, L) => D.colormap[Math.max(0, Math.min(255, Math.round((v / L + 1) / 2 * 255)))];
+
+  slider.max = nC - 1; slider.value = state.checkpoint;
+  D.pairs.forEach(function (p, n) {
+    const option = document.createElement("option");
+    option.value = n;
+    option.textContent = "[v" + p[0] + ", v" + p[1] + "] · images " + p[0] + note(p[0]) + " and " + p[1] + note(p[1]);
+    menu.appendChild(option);
+  });
+  menu.value = state.pair;
+
+  function rowLabel(r) {
+    const [i, j] = D.pairs[state.pair];
+    const name = (r < D.examples ? "v" + r + " · " : "") + "image " + r + note(r);
+    return (r === i || r === j ? "▶ " : "") + name;
+  }
+
+  function draw() {
+    const c = state.checkpoint, p = state.pair, L = limit(), [i, j] = D.pairs[p];
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, width, height);
+    for (let r = 0; r < nR; r++) for (let k = 0; k < nO; k++) {
+      ctx.fillStyle = colour(value(c, p, r, k), L);
+      ctx.fillRect(LEFT + k * CELL_W, TOP + r * CELL_H, CELL_W, CELL_H);
+    }
+    // the bracket's own examples (rows) and the highlighted attributes (columns)
+    ctx.strokeStyle = "#000"; ctx.lineWidth = 2.5;
+    [i, j].forEach(r => ctx.strokeRect(LEFT, TOP + r * CELL_H, nO * CELL_W, CELL_H));
+    ctx.lineWidth = 2; ctx.setLineDash([5, 3]);
+    D.highlight.forEach(name => ctx.strokeRect(LEFT + D.outputs.indexOf(name) * CELL_W, TOP, CELL_W, nR * CELL_H));
+    ctx.setLineDash([]);
+    if (state.hover) {
+      ctx.lineWidth = 1.5; ctx.strokeStyle = "#000";
+      ctx.strokeRect(LEFT + state.hover[1] * CELL_W + 1, TOP + state.hover[0] * CELL_H + 1, CELL_W - 2, CELL_H - 2);
+    }
+    // row labels
+    ctx.textAlign = "right"; ctx.textBaseline = "middle";
+    for (let r = 0; r < nR; r++) {
+      const own = r === i || r === j;
+      ctx.font = own || r < D.examples ? BOLD : FONT;
+      ctx.fillStyle = own ? "#000" : r < D.examples ? "#333" : "#555";
+      ctx.fillText(rowLabel(r), LEFT - 6, TOP + (r + 0.5) * CELL_H);
+    }
+    // column labels, read bottom to top
+    D.outputs.forEach(function (name, k) {
+      const h = D.highlight.indexOf(name);
+      ctx.save();
+      ctx.translate(LEFT + (k + 0.5) * CELL_W, TOP + nR * CELL_H + 6);
+      ctx.rotate(-Math.PI / 2);
+      ctx.font = h >= 0 ? BOLD : FONT; ctx.fillStyle = h >= 0 ? HIGHLIGHT_COLOURS[h % 4] : "#222";
+      ctx.textAlign = "right"; ctx.fillText(name, 0, 0);
+      ctx.restore();
+    });
+    ctx.font = BOLD; ctx.fillStyle = "#222"; ctx.textAlign = "center"; ctx.textBaseline = "bottom";
+    ctx.fillText("attribute (one logit per column)", LEFT + nO * CELL_W / 2, height - 4);
+    ctx.save(); ctx.translate(14, TOP + nR * CELL_H / 2); ctx.rotate(-Math.PI / 2);
+    ctx.textBaseline = "middle"; ctx.fillText("image of the fixed batch (row)", 0, 0); ctx.restore();
+    drawColourBar(L);
+  }
+
+  function drawColourBar(L) {
+    const x = LEFT + nO * CELL_W + BAR_GAP, top = TOP + 8, h = nR * CELL_H - 16;
+    for (let y = 0; y < h; y++) {
+      ctx.fillStyle = D.colormap[Math.round((1 - y / (h - 1)) * 255)];
+      ctx.fillRect(x, top + y, BAR_W, 1);
+    }
+    // triangles: values beyond ±L are drawn in the end colours
+    [[top, -1, 255], [top + h, 1, 0]].forEach(function ([y, dir, n]) {
+      ctx.fillStyle = D.colormap[n]; ctx.beginPath();
+      ctx.moveTo(x, y); ctx.lineTo(x + BAR_W, y); ctx.lineTo(x + BAR_W / 2, y + dir * 8); ctx.closePath(); ctx.fill();
+    });
+    ctx.strokeStyle = "#444"; ctx.lineWidth = 1; ctx.strokeRect(x, top, BAR_W, h);
+    ctx.font = FONT; ctx.fillStyle = "#222"; ctx.textAlign = "left"; ctx.textBaseline = "middle";
+    [1, 0.5, 0, -0.5, -1].forEach(function (t) {
+      const y = top + (1 - t) / 2 * h;
+      ctx.fillRect(x + BAR_W, y - 0.5, 4, 1);
+      ctx.fillText(t === 0 ? "0" : fmt(t * L), x + BAR_W + 7, y);
+    });
+    ctx.save(); ctx.translate(x + BAR_W + 78, top + h / 2); ctx.rotate(-Math.PI / 2);
+    ctx.font = BOLD; ctx.textAlign = "center";
+    ctx.fillText("logit change per unit lr²", 0, -9);
+    ctx.font = FONT; ctx.fillText("× " + fmt(lr2) + " = logits at lr = " + D.lr, 0, 9);
+    ctx.restore();
+  }
+
+  function describe() {
+    const c = state.checkpoint, p = state.pair, L = limit(), [i, j] = D.pairs[p];
+    document.getElementById("step-label").textContent = "step " + D.steps[c] + " (" + (c + 1) + " of " + nC + ")";
+    document.getElementById("frame-title").textContent = "Bracket [v" + i + ", v" + j + "] (examples " + i + " and " + j +
+      ") pushed onto " + nR + " images' logits · step " + D.steps[c];
+    document.getElementById("limit").textContent = "Colour scale ±" + fmt(L) + " per unit lr² (±" + fmt(L * lr2) +
+      " logits at lr = " + D.lr + "): the " + D.percentile + "th percentile of |value| " +
+      (state.mode === "fixed" ? "over all " + nC + " checkpoints of this bracket" : "in this frame") +
+      "; larger values take the end colours.";
+    let r, k, what;
+    if (state.hover) { [r, k] = state.hover; what = "cell"; } else {
+      let best = -1;
+      for (let rr = 0; rr < nR; rr++) for (let kk = 0; kk < nO; kk++) {
+        const a = Math.abs(value(c, p, rr, kk));
+        if (a > best) { best = a; r = rr; k = kk; }
+      }
+      what = "largest |value| in this frame";
+    }
+    const v = value(c, p, r, k);
+    readout.textContent = what + ": image " + r + note(r) + " · " + D.outputs[k] + "\n" + fmt(v) +
+      " per unit lr²  →  " + fmt(v * lr2) + " logits at lr = " + D.lr +
+      " (SGD on example " + i + " then " + j + ", minus " + j + " then " + i + ")";
+    readout.dataset.row = r; readout.dataset.column = k; readout.dataset.value = v; readout.dataset.logits = v * lr2;
+    readout.dataset.checkpoint = c; readout.dataset.pair = p; readout.dataset.limit = L;
+  }
+
+  function update() { draw(); describe(); readout.dataset.ready = "1"; }
+
+  slider.addEventListener("input", function () { state.checkpoint = Number(slider.value); update(); });
+  menu.addEventListener("change", function () { state.pair = Number(menu.value); update(); });
+  document.querySelectorAll("input[name=scale]").forEach(function (radio) {
+    radio.addEventListener("change", function () { state.mode = radio.value; update(); });
+  });
+  canvas.addEventListener("mousemove", function (event) {
+    const box = canvas.getBoundingClientRect();
+    const k = Math.floor((event.clientX - box.left - LEFT) / CELL_W);
+    const r = Math.floor((event.clientY - box.top - TOP) / CELL_H);
+    const inside = r >= 0 && r < nR && k >= 0 && k < nO;
+    const hover = inside ? [r, k] : null;
+    if (String(hover) !== String(state.hover)) { state.hover = hover; update(); }
+  });
+  canvas.addEventListener("mouseleave", function () { if (state.hover) { state.hover = null; update(); } });
+  update();
+})();
+</script>
+</body>
+</html>
+"""

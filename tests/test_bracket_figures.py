@@ -1,6 +1,4 @@
-"""Figures of notebook 03 on synthetic records: the expected artists, numbers and animation frames."""
-import re
-
+"""Figures of notebook 03 on synthetic records: the expected artists and numbers (the page: test_heatmap_page)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -67,16 +65,6 @@ def test_static_heatmaps_have_one_panel_per_checkpoint():
         low, high = ax.images[0].get_clim()
         assert low == -high > -np.inf
         assert sum(isinstance(p, matplotlib.patches.Rectangle) and not p.get_fill() for p in ax.patches) == 2
-
-
-def test_animation_html_has_one_frame_per_checkpoint():
-    records = synthetic_records()
-    html = bracket_figures.logit_heatmap_html(records, ATTRIBUTES, pair=1, dpi=30)
-    frames = re.findall(r'frames\[(\d+)\] = "data:image/png;base64,', html)
-    assert [int(f) for f in frames] == list(range(len(STEPS)))
-    page = bracket_figures.html_page(html, "Heatmaps", "profile 'x' · GENERATED data")
-    assert page.startswith("<!DOCTYPE html>") and "GENERATED data" in page and html in page
-    assert plt.get_fignums() == []   # the animation's figure is closed, not left for the notebook to show
 
 
 def test_interactive_viewer_offers_every_checkpoint_and_pair():
