@@ -29,7 +29,7 @@ from . import run_folder, storage
 from .brackets import bracket_matrix, bracket_mode, parameters_of, pushforward, rms_per_tensor
 from .config import Profile, run_paths
 from .losses import get_loss
-from .run_folder import show
+from .storage import show
 from .train import load_checkpoint, prepare_inputs
 
 ANALYSIS_VERSION = 1  # bump when what is stored changes

@@ -39,9 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROFILES, get_profile, run_folder_name
-from .run_folder import show
-from .storage import atomic_write_bytes, atomic_write_json, read_json
+from .config import PROFILES, run_folder_name
+from .storage import atomic_write_bytes, atomic_write_json, read_json, show
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent

@@ -27,19 +27,11 @@ from pathlib import Path
 import filelock
 
 from . import storage
+from .storage import show
 
 KEEP_OPTIMIZER_STATES = 2   # the latest checkpoint's, and one to fall back on when it is bad
 LOCK_WAIT_SECONDS = 10.0    # how long a second writer waits for the lock before it refuses
 MANIFEST_VERSION = 1
-
-
-def show(path) -> str:
-    """`path` as the user can type it where they are: relative to the working folder when inside it, else absolute."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def step_name(step: int) -> str:

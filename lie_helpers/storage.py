@@ -1,10 +1,20 @@
-"""Atomic file writes: a reader (or a resumed run) never sees half a file."""
+"""Atomic file writes (a reader, or a resumed run, never sees half a file), readers that name a bad file,
+and `show`, the form in which messages print a path."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 from pathlib import Path
+
+
+def show(path) -> str:
+    """`path` as the user can type it where they are: relative to the working folder when inside it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from . import __version__, run_folder, storage
 from .attributes import ATTRIBUTES
 from .config import Profile
-from .run_folder import RunPaths, show
 from .losses import get_loss
 from .mxresnet import mxresnet
+from .run_folder import RunPaths
+from .storage import show
 
 # Images are scaled to [0, 1], then normalised per channel with ImageNet's statistics
 # (fastai's `imagenet_stats`). Fixed constants, so every notebook and script feeds the
