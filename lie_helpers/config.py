@@ -78,10 +78,9 @@ def _betas(value):
 def _seeds(value):
     if not isinstance(value, (tuple, list)) or not value:
         raise TypeError("a non-empty list of distinct integers >= 0")
-    seeds = tuple(_integer(0)(s) for s in value)
-    if len(set(seeds)) != len(seeds):
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value) or len(set(value)) != len(value):
         raise ValueError("a non-empty list of distinct integers >= 0")
-    return seeds
+    return tuple(value)
 
 
 # What each setting accepts; a check returns the value in its canonical type (int -> float
