@@ -221,3 +221,33 @@ def test_failure_names_notebook_and_cell_and_keeps_earlier_stages(repo, capsys):
     # After the fix, the earlier stage is kept (skipped) and the chain goes on.
     write_notebook(repo / "notebooks" / "01_train.ipynb", repo / "log.jsonl")
     assert [r[1] for r in chain_in(repo)] == ["skipped", "ran", "ran"]
+
+
+@pytest.mark.slow
+def test_full_disk_gives_a_clear_message_and_leaves_no_invalid_notebook(repo, monkeypatch, capsys):
+    """The issue: a bare OSError [Errno 28] and a truncated executed notebook. Now: the chain's message,
+    the good executed notebook of the last run kept, and no invalid partial notebook."""
+    import errno
+
+    from papermill.iorw import LocalHandler
+
+    chain_in(repo, only="00")
+    executed = repo / "runs/default/notebooks/00_data.ipynb"
+    good = executed.read_bytes()
+    real, calls = LocalHandler.write, []
+
+    def full_disk(self, buf, path):
+        calls.append(path)
+        if len(calls) >= 2:          # the first save goes through, then the disk is full mid-write
+            with open(path, "w") as f:
+                f.write(buf[:len(buf) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, buf, path)
+    monkeypatch.setattr(LocalHandler, "write", full_disk)
+    assert main(["--root", str(repo), "--only", "00", "--force", "--no-progress-bar"]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "Free disk space and run the chain again" in err
+    assert "Traceback" not in err
+    assert executed.read_bytes() == good                       # a failed stage never replaces a good notebook
+    partial = executed.with_suffix(".partial.ipynb")
+    assert not partial.exists() or json.loads(partial.read_text())   # never invalid JSON
