@@ -9,25 +9,28 @@ BatchNorm in eval mode, through `bracket_matrix`, reduced on the fly to
                                                 batch (the first `pushforward_batch` test images)
     batch_logits        [batch, outputs]        the outputs themselves (for probabilities)
 
-one safetensors file per checkpoint in <run>/brackets/. A file whose recorded key matches
-the current configuration is skipped, so an interrupted analysis resumes; a changed
-configuration recomputes. Full bracket tensors are optional (float16, <run>/brackets/full/).
+one safetensors file per checkpoint in <run>/brackets/, listed in the run folder's manifest
+with its sha256, its analysis key and the checkpoint it summarises (lie_helpers.run_folder).
+A record that verifies under the current key is skipped, so an interrupted analysis resumes;
+a missing, foreign (other key, other checkpoint) or altered record is recomputed, and
+`load_run_brackets` refuses to read one. Full bracket tensors are optional (float16,
+<run>/brackets/full/).
 """
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import storage
-from .brackets import bracket_matrix, bracket_mode, pushforward, rms_per_tensor
+from . import run_folder, storage
+from .brackets import bracket_matrix, bracket_mode, parameters_of, pushforward, rms_per_tensor
 from .config import Profile, run_paths
 from .losses import get_loss
-from .train import checkpoint_info, list_checkpoints, load_checkpoint, prepare_inputs
+from .storage import show
+from .train import load_checkpoint, prepare_inputs
 
 ANALYSIS_VERSION = 1  # bump when what is stored changes
 
@@ -90,46 +93,58 @@ def full_brackets_bytes(profile: Profile, n_parameters: int, n_checkpoints: int)
 
 def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, device=None,
                 progress: bool = True) -> list[int]:
-    """Compute and store the record of every checkpoint of the run that is not stored yet; returns the steps.
+    """Compute and store the record of every checkpoint of the run that has no good record yet; returns the steps.
 
+    A record that is missing, made under another key or from another checkpoint, or altered
+    since it was written is recomputed (and said so). Holds the run folder's lock.
     device: where to compute, by default CUDA when available (TF32 stays off there).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     paths = run_paths(profile, run_dir)
-    steps = list_checkpoints(paths.root)
-    if not steps:
-        raise FileNotFoundError(f"No checkpoints in {paths.checkpoints}: train first (notebook 01).")
-    trained_on = checkpoint_info(paths.root, steps[-1])["data_fingerprint"]
-    if trained_on != fingerprint:
-        raise ValueError(f"The run in {paths.root} was trained on data {trained_on}, not on {fingerprint}: "
-                         "analyse it with the data it was trained on, or train again.")
-    key = analysis_key(profile, fingerprint)
-    loss_fn = get_loss(profile.loss)
-    examples, targets, batch = fixed_inputs(profile, test_data, device)
-    todo = [s for s in steps if stored_key(paths.brackets / f"step_{s:06d}.safetensors") != key]
-    if profile.save_full_brackets and todo:
-        n_params = sum(p.numel() for p in load_checkpoint(paths.root, todo[0], profile).parameters())
-        print(f"save_full_brackets: writing {full_brackets_bytes(profile, n_params, len(todo)) / 2**20:.1f} MiB "
-              f"of float16 brackets to {paths.brackets / 'full'}")
-    for step in tqdm(todo, desc="brackets", disable=not progress):
-        model = load_checkpoint(paths.root, step, profile, device=device)
-        start = time.perf_counter()
-        record = analyse_checkpoint(model, loss_fn, examples, targets, batch, keep_full=profile.save_full_brackets)
-        seconds = time.perf_counter() - start
-        if "full" in record:
-            storage.atomic_save_tensors(paths.brackets / "full" / f"step_{step:06d}.safetensors", record.pop("full"))
-        names = [n for n, _ in model.named_parameters()]
-        storage.atomic_save_tensors(paths.brackets / f"step_{step:06d}.safetensors", record, metadata={
-            "key": key, "step": step, "tensor_names": json.dumps(names), "seconds": f"{seconds:.3f}"})
+    with run_folder.lock(paths):
+        steps = _checked_steps(paths, fingerprint)
+        key = analysis_key(profile, fingerprint)
+        loss_fn = get_loss(profile.loss)
+        examples, targets, batch = fixed_inputs(profile, test_data, device)
+        problems = {s: run_folder.record_problem(paths, s, key) for s in steps}
+        todo = [s for s in steps if problems[s]]
+        bad = [problems[s] for s in todo if paths.record(s).exists()]
+        if bad:
+            print(f"Recomputing {len(bad)} bracket record(s) that do not verify: " + "; ".join(bad))
+        if profile.save_full_brackets and todo:
+            n_params = sum(p.numel() for p in load_checkpoint(paths.root, todo[0], profile).parameters())
+            print(f"save_full_brackets: writing {full_brackets_bytes(profile, n_params, len(todo)) / 2**20:.1f} MiB "
+                  f"of float16 brackets to {show(paths.brackets / 'full')}")
+        for step in tqdm(todo, desc="brackets", disable=not progress):
+            model = load_checkpoint(paths.root, step, profile, device=device)
+            start = time.perf_counter()
+            record = analyse_checkpoint(model, loss_fn, examples, targets, batch, keep_full=profile.save_full_brackets)
+            seconds = time.perf_counter() - start
+            if "full" in record:
+                storage.atomic_save_tensors(paths.full_record(step), record.pop("full"))
+            storage.atomic_save_tensors(paths.record(step), record, metadata={
+                "key": key, "step": step, "tensor_names": json.dumps(list(parameters_of(model))),
+                "seconds": f"{seconds:.3f}"})
+            run_folder.add_record(paths, step, key)
     return steps
 
 
-def stored_key(path: Path) -> str | None:
-    """The analysis key recorded in a stored record, or None when it is missing or unreadable."""
-    try:
-        return storage.read_metadata(path).get("key")
-    except (FileNotFoundError, ValueError):
-        return None
+def _checked_steps(paths, fingerprint: str | None) -> list[int]:
+    """The run's complete checkpoints, after checking its data (`fingerprint`; None: the run's own) and that
+    no bracket record lies about its step (a record of a step that is no checkpoint)."""
+    steps = run_folder.complete_checkpoints(paths)
+    if not steps:
+        raise FileNotFoundError(f"No checkpoints in {show(paths.checkpoints)}: train first (notebook 01).")
+    trained_on = run_folder.checkpoint_entry(paths, steps[-1])["key"]["data_fingerprint"]
+    if fingerprint is not None and trained_on != fingerprint:
+        raise ValueError(f"The run in {show(paths.root)} was trained on data {trained_on}, not on {fingerprint}: "
+                         "analyse it with the data it was trained on, or train again.")
+    stray = [p for p in run_folder.stray_files(paths) if p.parent == paths.brackets]
+    if stray:
+        raise ValueError(f"{', '.join(map(show, stray))}: bracket record(s) of steps that are no checkpoint of "
+                         f"this run (complete: {steps}). They cannot be recomputed or trusted: move them out of "
+                         f"{show(paths.brackets)}.")
+    return steps
 
 
 @dataclass
@@ -146,15 +161,27 @@ class RunBrackets:
 
 
 def load_run_brackets(profile: Profile, run_dir=None) -> RunBrackets:
-    """Read back what analyse_run stored, in step order."""
-    folder = run_paths(profile, run_dir).brackets
-    files = sorted(folder.glob("step_[0-9][0-9][0-9][0-9][0-9][0-9].safetensors"))
-    if not files:
-        raise FileNotFoundError(f"No bracket records in {folder}: compute them first (notebook 02).")
+    """Read back what analyse_run stored, in step order: one verified record per complete checkpoint.
+
+    Refuses, naming the files, when a record is missing, stray, foreign or altered
+    (analyse_run recomputes those that can be).
+    """
+    paths = run_paths(profile, run_dir)
+    if not run_folder.complete_checkpoints(paths):
+        raise FileNotFoundError(f"No bracket records in {show(paths.brackets)}: compute them first (notebook 02).")
+    steps = _checked_steps(paths, None)
+    fingerprint = run_folder.checkpoint_entry(paths, steps[-1])["key"]["data_fingerprint"]
+    key = analysis_key(profile, fingerprint)
+    problems = [p for p in (run_folder.record_problem(paths, s, key) for s in steps) if p]
+    if problems:
+        raise ValueError(f"The bracket records of {show(paths.root)} do not match its checkpoints: "
+                         + "; ".join(problems) + ". Run analysis.analyse_run (notebook 02; in the chain "
+                         "--from 02 --force) to recompute them.")
+    files = [paths.record(s) for s in steps]
     records = [storage.load_tensors(f) for f in files]
     metadata = [storage.read_metadata(f) for f in files]
     return RunBrackets(
-        steps=[int(m["step"]) for m in metadata],
+        steps=steps,
         tensor_names=json.loads(metadata[0]["tensor_names"]),
         pairs=[tuple(p) for p in records[0]["pairs"].tolist()],
         bracket_rms=torch.stack([r["bracket_rms"] for r in records]),

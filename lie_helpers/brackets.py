@@ -11,7 +11,10 @@ two SGD steps matters: swap_difference(x, y, lr) = θ_xy − θ_yx = lr² [v(x),
 Conventions (docs/design.md §2):
 - an example is (inputs, targets) with a leading batch dimension of 1, and its loss is
   loss_fn(model(inputs), targets), a scalar;
-- fields and brackets are dicts name -> tensor keyed like model.named_parameters();
+- fields and brackets are dicts name -> tensor keyed like model.named_parameters(), over the
+  trainable parameters only: a parameter with requires_grad=False is held fixed, as an
+  optimizer would, so it is no coordinate of the fields (no entry in a gradient, a bracket or
+  a swap difference, and swap_difference never moves it);
 - BatchNorm uses running statistics (bn_mode="eval") unless bn_mode="train", which gives
   each example its own batch statistics; TF32 is off; the model's parameters, buffers and
   train/eval mode are never changed.
@@ -88,10 +91,12 @@ def bracket_mode(model: nn.Module, bn_mode: str = "eval"):
 
 
 def parameters_of(model: nn.Module) -> Params:
-    """The model's parameters as a dict of detached tensors (the point θ the fields are taken at)."""
-    params = {name: p.detach() for name, p in model.named_parameters()}
+    """The model's trainable parameters (requires_grad) as a dict of detached tensors: the point θ the fields
+    are taken at. Frozen parameters stay in the model, held fixed (functional_call uses them as they are)."""
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if not params:
-        raise ValueError(f"{type(model).__name__} has no parameters: there is no field to take a bracket of.")
+        raise ValueError(f"{type(model).__name__} has no trainable parameters (requires_grad=True): "
+                         "there is no field to take a bracket of.")
     return params
 
 
@@ -126,6 +131,9 @@ def example_loss(model: nn.Module, loss_fn: Callable) -> Callable:
     """θ, inputs, targets -> the scalar loss at parameters θ (a pure function for torch.func)."""
     def loss_at(params: Params, inputs, targets):
         loss = loss_fn(functional_call(model, params, (inputs,)), targets)
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"loss_fn must return a tensor (a scalar that depends on the outputs), got "
+                            f"{type(loss).__name__}: do not call .item() or float() on the loss.")
         if loss.dim() != 0:
             raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)} "
                              "(use reduction='mean' or 'sum').")
@@ -155,8 +163,16 @@ def field_norm(field_: Params) -> float:
 
 
 def relative_error(approx: Params, exact: Params) -> float:
-    """‖approx − exact‖ / ‖exact‖ over all tensors of two fields."""
-    return field_norm({n: approx[n] - exact[n] for n in exact}) / field_norm(exact)
+    """‖approx − exact‖ / ‖exact‖ over all tensors of two fields.
+
+    Against a zero `exact` there is no scale: 0.0 when `approx` is zero too, else inf (never a
+    division by zero, never NaN).
+    """
+    difference = field_norm({n: approx[n] - exact[n] for n in exact})
+    scale = field_norm(exact)
+    if scale == 0:
+        return 0.0 if difference == 0 else math.inf
+    return difference / scale
 
 
 def rms_per_tensor(field_: Params) -> dict[str, float]:
@@ -210,7 +226,7 @@ def hvp(model: nn.Module, loss_fn: Callable, example: Example, vector: Params, *
     params = parameters_of(model)
     inputs, targets = check_example(example, params=params)
     if vector.keys() != params.keys():
-        raise ValueError("vector must have the same keys as model.named_parameters().")
+        raise ValueError("vector must have the same keys as the model's trainable parameters (parameters_of).")
     with bracket_mode(model, bn_mode):
         products = hessian_vector_products(example_loss(model, loss_fn), bn_mode)
         product = products(params, inputs[None], targets[None], {k: t[None] for k, t in vector.items()})
@@ -363,6 +379,10 @@ def bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, ta
     all N² full brackets in memory.
     """
     params = parameters_of(model)
+    if pairs_per_call is not None and (isinstance(pairs_per_call, bool) or not isinstance(pairs_per_call, int)
+                                       or pairs_per_call < 1):
+        raise ValueError(f"pairs_per_call must be a positive integer (or None: all pairs in one call), "
+                         f"got {pairs_per_call!r}.")
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs and targets hold different numbers of examples: "
                          f"{inputs.shape[0]} and {targets.shape[0]}.")

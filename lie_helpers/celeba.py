@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, TEXT_FILES
 from .generated_celeba import generate_celeba
-from .storage import atomic_save_tensors, load_tensors, read_metadata
+from .storage import atomic_save_tensors, load_tensors, read_metadata, show
 
 PREPROCESS_VERSION = 1
 SPLITS = ("train", "valid", "test", "all")
@@ -82,10 +82,10 @@ def _is_generated(root) -> bool:
 
 def _regenerate_or_redownload(root) -> str:
     if _is_generated(root):
-        return (f"This folder holds GENERATED data: delete {Path(root) / BASE_FOLDER} and generate it again "
-                "(generate_celeba or prepare_data).")
+        return (f"This folder holds GENERATED data: delete the folder {show(Path(root) / BASE_FOLDER)} and run "
+                "again (prepare_data, load_profile_split or generate_celeba draws it anew; notebook 01 does).")
     return (f"Re-download the file from the official CelebA page {OFFICIAL_PAGE} ('Anno' and 'Eval' folders) "
-            f"into {Path(root) / BASE_FOLDER}/.")
+            f"into {show(Path(root) / BASE_FOLDER)}/.")
 
 
 # --------------------------------------------------------------------------------------
@@ -115,7 +115,8 @@ def check_celeba_folder(root, *, verify_checksums: bool = True) -> Path:
     elif not any(image_dir.iterdir()):
         missing.append(IMAGE_FOLDER + "/ (the folder is empty)")
     if missing:
-        raise FileNotFoundError(f"{base} is incomplete; missing: {', '.join(missing)}.\n{_fix_text(root)}")
+        fix = _regenerate_or_redownload(root) if _is_generated(root) else _fix_text(root)
+        raise FileNotFoundError(f"{show(base)} is incomplete; missing: {', '.join(missing)}.\n{fix}")
     if verify_checksums:
         md5 = {filename: digest for _, digest, filename in CelebA.file_list}
         bad = [name for name, _, _ in TEXT_FILES if not check_integrity(str(base / name), md5[name])]
@@ -203,8 +204,9 @@ class CelebAFolder(CelebA):
         names = [n for n in self.attr_names if n]
         if tuple(names) != ATTRIBUTES:
             raise self._corrupt("list_attr_celeba.txt", "its second line is not CelebA's 40 attribute names")
-        if self.attr.ndim != 2 or self.attr.shape[1] != 40 or not bool(((self.attr == 0) | (self.attr == 1)).all()):
-            raise self._corrupt("list_attr_celeba.txt", "attribute values must be -1 or 1")
+        bad = bad_attribute_value(Path(self.root) / self.base_folder / "list_attr_celeba.txt")
+        if bad:
+            raise self._corrupt("list_attr_celeba.txt", f"attribute values must be exactly -1 or 1; {bad}")
 
     def image_path(self, index: int) -> Path:
         return Path(self.root) / self.base_folder / IMAGE_FOLDER / self.filename[index]
@@ -217,6 +219,23 @@ class CelebAFolder(CelebA):
         except (OSError, SyntaxError, ValueError) as err:
             raise _bad_image(self.image_path(index), err) from err
         return image, target
+
+
+def bad_attribute_value(path) -> str | None:
+    """Where list_attr_celeba.txt holds a value other than exactly -1 or 1 ('line 7, Bald: 2'), or None.
+
+    Checked on the text: torchvision maps each value v to (v + 1) // 2, which reads 2 as
+    present and 0 as absent without complaint.
+    """
+    lines = Path(path).read_text().splitlines()[2:]
+    values = {v for line in lines for v in line.split()[1:]}
+    if values <= {"-1", "1"}:
+        return None
+    for number, line in enumerate(lines, 3):
+        for name, value in zip(ATTRIBUTES, line.split()[1:]):
+            if value not in ("-1", "1"):
+                return f"line {number}, {name}: {value!r}"
+    return None
 
 
 def _bad_image(path: Path, err: Exception) -> Exception:

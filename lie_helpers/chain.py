@@ -8,7 +8,12 @@
 
 Each `notebooks/NN_*.ipynb` is a stage. Stages run in order with papermill, the kernel
 started in notebooks/ (so the notebooks' relative paths, e.g. ../runs, mean the same as
-in Jupyter), and the executed copies are written to `runs/<profile>/notebooks/`.
+in Jupyter), and the executed copies are written to `runs/<run folder>/notebooks/`. The run
+folder is runs/<profile> for a plain profile and runs/<profile>-<overrides>-<hash> with
+--set (config.run_folder_name, which the notebooks compute alike), or --run-dir DIR.
+papermill writes each executed notebook beside its place (`NN_name.partial.ipynb`), which
+replaces the executed copy only when the stage succeeds: a failed stage never replaces a
+good executed notebook, and its partial notebook is kept for debugging.
 
 Parameters. Every notebook's first code cell is tagged `parameters` and defines
 `profile = "default"`, `overrides = {}` and `run_dir = None`. The chain injects only what
@@ -18,12 +23,13 @@ results are checked separately, with tolerances: `python -m lie_helpers.results 
 
 Skipping. A stage's key hashes its cells, its parameters, the key of the previous stage's
 last successful run, and the lie_helpers sources. A stage whose key matches the one
-recorded in `runs/<profile>/chain_state.json`, and whose executed notebook exists, is
+recorded in `<run folder>/chain_state.json`, and whose executed notebook exists, is
 skipped: editing notebook 03 reruns 03 and what follows, not the training before it.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -34,8 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROFILES, get_profile
-from .storage import atomic_write_bytes, atomic_write_json, read_json
+from .config import PROFILES, run_folder_name
+from .storage import atomic_write_bytes, atomic_write_json, read_json, show
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -59,7 +65,12 @@ class Stage:
     name: str            # file stem, e.g. "02_brackets"
     number: str          # its two-digit prefix, e.g. "02"
     source: Path         # the notebook in notebooks/
-    executed: Path       # its executed copy in runs/<profile>/notebooks/
+    executed: Path       # its executed copy in <run folder>/notebooks/
+
+    @property
+    def partial(self) -> Path:
+        """Where papermill writes while the stage runs; renamed to `executed` on success."""
+        return self.executed.with_suffix(".partial.ipynb")
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -210,20 +221,11 @@ def kernel_warning(kernel_name=KERNEL_NAME):
 
 # ----------------------------------------------------------------------------- running
 
-def _show(path) -> str:
-    """`path` relative to the working folder when inside it (shorter messages), else absolute."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 def _failure_message(stage: Stage, err) -> str:
     """Name the notebook, the cell and the exception, and where the partial notebook is."""
     from papermill.exceptions import PapermillExecutionError
 
-    where = _show(stage.source)
+    where = show(stage.source)
     if isinstance(err, PapermillExecutionError):
         cells = notebook_cells(stage.source)
         number = next((i + 1 for i, (kind, src) in enumerate(cells)
@@ -233,10 +235,29 @@ def _failure_message(stage: Stage, err) -> str:
                 f"  {err.ename}: {err.evalue}")
     else:
         what = f"{type(err).__name__}: {err}"
-    partial = (f"The partially executed notebook, with the full traceback: {_show(stage.executed)}"
-               if stage.executed.exists() else "No executed notebook was written.")
+    partial = (f"The partially executed notebook, with the full traceback: {show(stage.partial)}"
+               if _keep_valid_partial(stage) else "No partially executed notebook could be written.")
     return (f"Stage {stage.name} failed: {where}, {what}\n{partial}\n"
             f"Earlier stages' results are kept; fix the notebook and re-run (finished stages are skipped).")
+
+
+def _keep_valid_partial(stage: Stage) -> bool:
+    """Whether the partial notebook is there and valid JSON; one cut short (a full disk) is removed."""
+    try:
+        json.loads(stage.partial.read_text(encoding="utf-8"))
+        return True
+    except FileNotFoundError:
+        return False
+    except (ValueError, UnicodeDecodeError):
+        stage.partial.unlink(missing_ok=True)
+        return False
+
+
+def _disk_full_message(stage: Stage, err: OSError) -> str:
+    kept = ("the partially executed notebook: " + show(stage.partial) if _keep_valid_partial(stage)
+            else "no partial notebook is left (it could not be written completely)")
+    return (f"Stage {stage.name} stopped: the disk is full ({err}); {kept}. Earlier stages' results and "
+            "executed notebooks are kept. Free disk space and run the chain again (finished stages are skipped).")
 
 
 def as_reference(executed: Path, target: Path) -> None:
@@ -269,26 +290,16 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
               package_dir=PACKAGE_DIR, kernel_name=KERNEL_NAME, progress_bar=True, log=say) -> list:
     """Run the chain for `profile`; returns [(stage name, "ran" | "skipped" | "not selected", seconds)].
 
-    Folders default to the repository's notebooks/, runs/ and figures/. `run_dir` puts the run
-    somewhere other than runs/<profile>; its figures then stay there (figures/ is not touched).
+    Folders default to the repository's notebooks/, runs/ and figures/. The run folder is
+    runs/<run_folder_name(profile, overrides)> unless `run_dir` is given. Only a plain profile's
+    run (not ci, no overrides, no run_dir) copies its figures to figures/.
     Everything that can be wrong with the request (profile, settings, stage names) fails before any work.
     Raises ChainError with a message for the terminal when a notebook fails.
     """
-    notebooks_dir = Path(notebooks_dir or REPO_DIR / "notebooks").resolve()
-    runs_root = Path(runs_root or REPO_DIR / "runs").resolve()
     figures_dir = Path(figures_dir or REPO_DIR / "figures").resolve()
-    overrides = dict(overrides or {})
-
-    try:
-        get_profile(profile, **overrides)
-    except ValueError as err:
-        raise ChainError(str(err)) from None
-    own_folder = run_dir is not None
-    run_root = Path(run_dir).resolve() if own_folder else runs_root / profile
-    # The notebooks find their run folder as ../runs/<profile> from notebooks/; say so only
-    # when it is elsewhere.
-    run_dir = None if run_root == (notebooks_dir.parent / "runs" / profile).resolve() else run_root
-    parameters = notebook_parameters(profile, overrides, run_dir)
+    plan = _plan(profile, notebooks_dir, runs_root, run_dir, overrides)
+    notebooks_dir, run_root, parameters, stages = plan.notebooks_dir, plan.run_root, plan.parameters, plan.stages
+    overrides = plan.overrides
     if update_references and parameters:
         why = (f"profile {profile!r}" if profile != "default"
                else "--set overrides" if overrides else f"a run folder elsewhere ({run_root})")
@@ -296,7 +307,6 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
             f"--update-references is only for a plain default-profile run, not for {why}. "
             "The committed notebooks are what a reader sees when they open notebooks/ with the "
             "default parameters, so they must come from a run that injected no parameters.")
-    stages = find_stages(notebooks_dir, run_root)
     if not stages:
         raise ChainError(f"No notebooks named NN_*.ipynb in {notebooks_dir}.")
     selected = {s.name for s in select_stages(stages, only, start)}
@@ -309,7 +319,7 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
     state["profile"], state["parameters"] = profile, parameters
     statuses = {s.name: status for s, _, status in stage_statuses(stages, state, parameters, fingerprint)}
     width = max(len(s.name) for s in stages)
-    log(f"Chain '{profile}': {len(stages)} notebooks → {_show(run_root)}"
+    log(f"Chain '{profile}': {len(stages)} notebooks → {show(run_root)}"
         + (f" (overrides {overrides})" if overrides else ""))
 
     import papermill
@@ -329,64 +339,92 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
             results.append((stage.name, "skipped", 0.0))
         else:
             log(f"{label}  running …")
-            # Its old results are about to be overwritten: forget them first, so an
-            # interrupted or failed run is never mistaken for a finished one.
-            state["stages"].pop(stage.name, None)
-            save_state(run_root, state)
-            stage.executed.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             try:
-                papermill.execute_notebook(
-                    str(stage.source), str(stage.executed), parameters=parameters or None,
-                    cwd=str(notebooks_dir), kernel_name=kernel_name, progress_bar=progress_bar)
-            except Exception as err:
+                # Its old results are about to be overwritten: forget them first, so an
+                # interrupted or failed run is never mistaken for a finished one.
+                state["stages"].pop(stage.name, None)
+                save_state(run_root, state)
+                stage.executed.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    papermill.execute_notebook(
+                        str(stage.source), str(stage.partial), parameters=parameters or None,
+                        cwd=str(notebooks_dir), kernel_name=kernel_name, progress_bar=progress_bar)
+                except OSError:
+                    raise
+                except Exception as err:
+                    raise ChainError(_failure_message(stage, err)) from err
+                os.replace(stage.partial, stage.executed)
+                seconds = time.perf_counter() - started
+                state["stages"][stage.name] = {"key": key, "seconds": round(seconds, 1),
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                save_state(run_root, state)
+            except OSError as err:
+                if err.errno == errno.ENOSPC:
+                    raise ChainError(_disk_full_message(stage, err)) from err
                 raise ChainError(_failure_message(stage, err)) from err
-            seconds = time.perf_counter() - started
-            state["stages"][stage.name] = {"key": key, "seconds": round(seconds, 1),
-                                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            save_state(run_root, state)
             log(f"{label}  ran in {seconds:.1f} s")
             results.append((stage.name, "ran", seconds))
         previous = state["stages"].get(stage.name, {}).get("key")
 
-    if profile != "ci" and not own_folder:
+    if profile != "ci" and not plan.own_folder and not overrides:   # figures/ shows the plain profiles' runs
         copied = copy_figures(run_root / "figures", figures_dir)
         if copied:
-            log(f"Copied {copied} figure(s) from {_show(run_root / 'figures')} "
-                f"to {_show(figures_dir)}.")
+            log(f"Copied {copied} figure(s) from {show(run_root / 'figures')} "
+                f"to {show(figures_dir)}.")
     if update_references:
         rows = stage_statuses(stages, state, parameters, fingerprint)
         for stage, _, status in rows:
             if status == "up to date":
                 as_reference(stage.executed, stage.source)
-                log(f"Updated reference {_show(stage.source)}")
+                log(f"Updated reference {show(stage.source)}")
             else:
-                log(f"Not updated {_show(stage.source)}: {status}")
+                log(f"Not updated {show(stage.source)}: {status}")
     return results
 
 
-def list_stages(profile: str = "default", *, notebooks_dir=None, runs_root=None, overrides=None,
+def list_stages(profile: str = "default", *, notebooks_dir=None, runs_root=None, run_dir=None, overrides=None,
                 package_dir=PACKAGE_DIR, log=say) -> list:
     """Print every stage with its status (what a run would do) and last run time."""
-    notebooks_dir = Path(notebooks_dir or REPO_DIR / "notebooks").resolve()
-    runs_root = Path(runs_root or REPO_DIR / "runs").resolve()
-    try:
-        get_profile(profile, **(overrides or {}))
-    except ValueError as err:
-        raise ChainError(str(err)) from None
-    run_root = runs_root / profile
-    run_dir = None if run_root == (notebooks_dir.parent / "runs" / profile).resolve() else run_root
-    parameters = notebook_parameters(profile, overrides or {}, run_dir)
-    stages = find_stages(notebooks_dir, run_root)
-    state = load_state(run_root)
-    rows = stage_statuses(stages, state, parameters, package_fingerprint(package_dir))
-    log(f"Chain '{profile}' ({_show(run_root)}):" if rows else f"No notebooks in {notebooks_dir}.")
-    width = max((len(s.name) for s in stages), default=0)
+    plan = _plan(profile, notebooks_dir, runs_root, run_dir, overrides)
+    state = load_state(plan.run_root)
+    rows = stage_statuses(plan.stages, state, plan.parameters, package_fingerprint(package_dir))
+    log(f"Chain '{profile}' ({show(plan.run_root)}):" if rows else f"No notebooks in {plan.notebooks_dir}.")
+    width = max((len(s.name) for s in plan.stages), default=0)
     for stage, _, status in rows:
         seconds = state["stages"].get(stage.name, {}).get("seconds")
         last = f"  (last run {seconds:.1f} s)" if seconds is not None else ""
         log(f"  {stage.name:<{width}}  {status}{last}")
     return [(stage.name, status) for stage, _, status in rows]
+
+
+@dataclass
+class Plan:
+    """What a chain request resolves to, before any work."""
+    notebooks_dir: Path
+    run_root: Path
+    own_folder: bool     # an explicit run_dir: its figures stay there
+    overrides: dict
+    parameters: dict     # what the notebooks are given
+    stages: list
+
+
+def _plan(profile: str, notebooks_dir, runs_root, run_dir, overrides) -> Plan:
+    """Check the request (profile and settings fail here, before any work) and resolve its folders: the run
+    folder is `run_dir`, else <runs_root>/<run_folder_name>, the folder the notebooks find by themselves."""
+    notebooks_dir = Path(notebooks_dir or REPO_DIR / "notebooks").resolve()
+    runs_root = Path(runs_root or REPO_DIR / "runs").resolve()
+    overrides = dict(overrides or {})
+    try:
+        folder = run_folder_name(profile, overrides)
+    except ValueError as err:
+        raise ChainError(str(err)) from None
+    own_folder = run_dir is not None
+    run_root = Path(run_dir).resolve() if own_folder else runs_root / folder
+    # The notebooks find their run folder as ../runs/<folder> from notebooks/; say so only when it is elsewhere.
+    injected = None if run_root == (notebooks_dir.parent / "runs" / folder).resolve() else run_root
+    return Plan(notebooks_dir, run_root, own_folder, overrides, notebook_parameters(profile, overrides, injected),
+                find_stages(notebooks_dir, run_root))
 
 
 def main(argv=None) -> int:
@@ -404,7 +442,8 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="print the stages and their status, run nothing")
     parser.add_argument("--no-progress-bar", action="store_true", help="hide papermill's progress bar")
     parser.add_argument("--run-dir", type=Path, metavar="DIR",
-                        help="run folder (default: runs/<profile>); its figures are not copied to figures/")
+                        help="run folder (default: runs/<profile>, or runs/<profile>-<overrides>-<hash> with "
+                             "--set); its figures are not copied to figures/")
     parser.add_argument("--root", type=Path, default=REPO_DIR,
                         help="folder holding notebooks/, runs/ and figures/ (default: the repository)")
     args = parser.parse_args(argv)
@@ -412,7 +451,7 @@ def main(argv=None) -> int:
     try:
         overrides = parse_overrides(args.overrides)
         if args.list:
-            list_stages(args.profile, overrides=overrides, **folders)
+            list_stages(args.profile, overrides=overrides, run_dir=args.run_dir, **folders)
             return 0
         run_chain(args.profile, overrides=overrides, force=args.force, only=args.only, start=args.start,
                   update_references=args.update_references, progress_bar=not args.no_progress_bar,

@@ -1,16 +1,112 @@
 """Profiles: every setting of a run, visible at a glance.
 
 A profile fixes data, model, training and analysis settings. `get_profile` is the one
-way to obtain one; an unknown profile or setting fails here, before any work starts.
+way to obtain one; an unknown profile or setting, or a value of the wrong type or out of
+range, fails here (every Profile is checked when it is made), before any work starts.
+
+A run with overrides lives in its own folder, named from them (`run_folder_name`), so an
+experiment never blocks or overwrites the profile's own run.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .losses import LOSSES
+from .mxresnet import LAYERS
+from .run_folder import RunPaths
+
+DATA_SOURCES = ("generated", "real")
+
+
+# ----------------------------------------------------------------------------- checks
+
+def _integer(minimum: int):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"an integer >= {minimum}")
+        if value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+    return check
+
+
+def _positive_number(value):
+    if not _is_number(value):
+        raise TypeError("a number > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("a number > 0")
+    return float(value)
+
+
+def _one_of(choices):
+    def check(value):
+        if value not in choices:
+            raise ValueError(f"one of {', '.join(map(repr, choices))}")
+        return value
+    return check
+
+
+def _text(value):
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise TypeError("a non-empty path")
+    return str(value)
+
+
+def _flag(value):
+    if not isinstance(value, bool):
+        raise TypeError("true or false")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _betas(value):
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(_is_number(b) and 0 <= b < 1 for b in value)):
+        raise ValueError("a pair [beta1, beta2], each in [0, 1)")
+    return tuple(float(b) for b in value)
+
+
+def _seeds(value):
+    if not isinstance(value, (tuple, list)) or not value:
+        raise TypeError("a non-empty list of distinct integers >= 0")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value) or len(set(value)) != len(value):
+        raise ValueError("a non-empty list of distinct integers >= 0")
+    return tuple(value)
+
+
+# What each setting accepts; a check returns the value in its canonical type (int -> float
+# for a float setting, list -> tuple) and raises with a description of what is allowed.
+CHECKS = {
+    "name": _text,
+    "data_source": _one_of(DATA_SOURCES), "data_root": _text, "generated_images": _integer(3),
+    "data_seed": _integer(0), "image_size": _integer(1),
+    "depth": _one_of(tuple(LAYERS)), "width": _positive_number,
+    "steps": _integer(1), "batch_size": _integer(1), "lr": _positive_number, "betas": _betas,
+    "checkpoint_every": _integer(1), "seed": _integer(0), "loss": _one_of(tuple(LOSSES)),
+    "eval_images": _integer(1),
+    "bracket_examples": _integer(2), "pushforward_batch": _integer(1), "save_full_brackets": _flag,
+    "seeds": _seeds,
+}
+
+
+def _checked(name: str, value):
+    try:
+        return CHECKS[name](value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Setting {name} must be {err}; got {value!r}.") from None
+
+
+
+# ----------------------------------------------------------------------------- profiles
 
 @dataclass(frozen=True)
 class Profile:
@@ -40,6 +136,12 @@ class Profile:
     # hypothesis experiments
     seeds: tuple = (0, 1, 2)
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name)))
+        if self.checkpoint_every > self.steps:
+            raise ValueError(f"checkpoint_every must be at most steps ({self.steps}), got {self.checkpoint_every}.")
+
     def hash(self) -> str:
         """Short hash of the settings that determine a training run's results."""
         keys = ["data_source", "generated_images", "data_seed", "image_size", "depth", "width",
@@ -64,7 +166,8 @@ PROFILES = {
 
 
 def get_profile(name: str, **overrides) -> Profile:
-    """The named profile with `overrides` applied; unknown names or settings raise ValueError."""
+    """The named profile with `overrides` applied; unknown names or settings, and values of the
+    wrong type or out of range, raise ValueError naming the setting and what it accepts."""
     if name not in PROFILES:
         raise ValueError(f"Unknown profile {name!r}. Choose one of: {', '.join(PROFILES)}.")
     fields = {f.name for f in dataclasses.fields(Profile)} - {"name"}
@@ -72,31 +175,40 @@ def get_profile(name: str, **overrides) -> Profile:
     if unknown:
         raise ValueError(f"Unknown setting(s) {unknown} for profile {name!r}. "
                          f"Valid settings: {', '.join(sorted(fields))}.")
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     return dataclasses.replace(PROFILES[name], **overrides)
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    """Where one run's artifacts live. Each notebook reads the folders of the one before."""
-    root: Path
+# ----------------------------------------------------------------------------- run folders
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+def profile_overrides(profile: Profile) -> dict:
+    """The settings in which `profile` differs from the named profile it was made from."""
+    base = PROFILES.get(profile.name) or Profile(name=profile.name)
+    return {f.name: getattr(profile, f.name) for f in dataclasses.fields(Profile)
+            if getattr(profile, f.name) != getattr(base, f.name)}
 
-    @property
-    def brackets(self) -> Path:
-        return self.root / "brackets"
 
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
+def run_folder_name(profile_name: str, overrides: dict | None = None) -> str:
+    """The run folder's name: the profile's name alone, or with the overrides that change it and a
+    short hash of them, e.g. "default-steps2000-3f2a9c" (readable, deterministic, one per setting)."""
+    changed = profile_overrides(get_profile(profile_name, **(overrides or {})))
+    if not changed:
+        return profile_name
+    readable = "-".join(f"{k}{_compact(v)}" for k, v in sorted(changed.items()))
+    digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]
+    return f"{profile_name}-{readable[:60]}-{digest}"
+
+
+def _compact(value) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return re.sub(r"[^A-Za-z0-9.,_]+", "_", text)
 
 
 def run_paths(profile: Profile, run_dir=None, runs_root="../runs") -> RunPaths:
-    """The run folder of `profile`: `run_dir` if given, else <runs_root>/<profile name>."""
-    return RunPaths(Path(run_dir) if run_dir is not None else Path(runs_root) / profile.name)
+    """The run folder of `profile`: `run_dir` if given, else <runs_root>/<run_folder_name>, so a
+    profile with overrides never shares the folder of the profile's own run."""
+    if run_dir is not None:
+        return RunPaths(Path(run_dir))
+    return RunPaths(Path(runs_root) / run_folder_name(profile.name, profile_overrides(profile)))
 
 
 def data_dir(profile: Profile) -> Path:
@@ -104,9 +216,7 @@ def data_dir(profile: Profile) -> Path:
     root = Path(profile.data_root)
     if profile.data_source == "real":
         return root
-    if profile.data_source == "generated":
-        return root / f"generated-n{profile.generated_images}-seed{profile.data_seed}"
-    raise ValueError(f"Unknown data_source {profile.data_source!r}; use 'generated' or 'real'.")
+    return root / f"generated-n{profile.generated_images}-seed{profile.data_seed}"
 
 
 def describe_source(profile: Profile) -> str:

@@ -60,6 +60,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from . import storage
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, HAIR_COLOURS, IMAGE_FOLDER
 
 GENERATOR_VERSION = 1
@@ -629,11 +630,16 @@ def _params_match(gt: dict, n: int, seed: int, quality: int) -> bool:
             and gt.get("seed") == seed and gt.get("jpeg_quality") == quality)
 
 
+def read_ground_truth(root) -> dict:
+    """The ground truth of the generated data in `root`/celeba/ (see the module docstring); raises naming the
+    file when it is missing or corrupt."""
+    return storage.read_json(Path(root) / BASE_FOLDER / GROUND_TRUTH)
+
+
 def _read_ground_truth(root) -> dict | None:
-    path = Path(root) / BASE_FOLDER / GROUND_TRUTH
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_ground_truth(root)
+    except (FileNotFoundError, ValueError):
         return None
 
 

@@ -24,7 +24,6 @@ compared across losses, paired by seed and checkpoint, with a bootstrap over see
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,11 @@ import numpy as np
 import torch
 
 from .analysis import analyse_run, load_run_brackets
-from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, HAIR_COLOURS
-from .config import Profile, RunPaths, data_dir
+from .attributes import ATTRIBUTES, HAIR_COLOURS
+from .config import Profile, data_dir
+from .generated_celeba import read_ground_truth
 from .losses import HAIR_INDEX, OTHER_INDEX
+from .run_folder import RunPaths
 from .train import list_checkpoints, train
 
 LOSS_NAMES = ("independent", "categorical_hair")
@@ -222,16 +223,12 @@ def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 10_000, level: float = 0
 
 # ----------------------------------------------------------------------------- ground truth
 
-def _ground_truth(P: Profile) -> dict:
-    return json.loads((data_dir(P) / BASE_FOLDER / GROUND_TRUTH).read_text())
-
-
 def ambiguous_filenames(P: Profile) -> set[str]:
     """Black- or brown-labelled images whose hair shade makes their own label uncertain (generated data
     only; real CelebA has no such list, so the set is empty)."""
     if P.data_source != "generated":
         return set()
-    return {name for pair in _ground_truth(P)["ambiguous_pairs"] for name in pair["ambiguous_images"]}
+    return {name for pair in read_ground_truth(data_dir(P))["ambiguous_pairs"] for name in pair["ambiguous_images"]}
 
 
 def attribute_groups(P: Profile) -> dict[str, list[str]]:
@@ -242,7 +239,7 @@ def attribute_groups(P: Profile) -> dict[str, list[str]]:
     and no attribute is known to be noise or hidden.
     """
     if P.data_source == "generated":
-        gt = _ground_truth(P)
+        gt = read_ground_truth(data_dir(P))
         exclusive = {a for group in gt["exclusive_groups"] for a in group}
         ambiguous = {a for pair in gt["ambiguous_pairs"] for a in pair["attributes"]}
         hidden, noise = set(gt["hidden_correlated_attributes"]), set(gt["noise_attributes"])

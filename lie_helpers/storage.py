@@ -1,10 +1,20 @@
-"""Atomic file writes: a reader (or a resumed run) never sees half a file."""
+"""Atomic file writes (a reader, or a resumed run, never sees half a file), readers that name a bad file,
+and `show`, the form in which messages print a path."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
 from pathlib import Path
+
+
+def show(path) -> str:
+    """`path` as the user can type it where they are: relative to the working folder when inside it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -34,15 +44,21 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def read_json(path):
-    """Read JSON, naming the file and the fix when it is missing or corrupt."""
+def _read(path, reader, what: str):
+    """reader(path), naming the file and the fix when it is missing or cannot be read as `what`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist.")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupt ({err}); delete it and re-run the step that writes it.") from err
+        return reader(path)
+    except Exception as err:
+        raise ValueError(f"{path} is corrupt or not {what} ({err}); "
+                         "delete it and re-run the step that writes it.") from err
+
+
+def read_json(path):
+    """Read JSON, naming the file and the fix when it is missing or corrupt."""
+    return _read(path, lambda p: json.loads(p.read_text()), "JSON")
 
 
 def atomic_save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
@@ -55,29 +71,17 @@ def atomic_save_tensors(path, tensors: dict, metadata: dict | None = None) -> No
 
 
 def load_tensors(path) -> dict:
-    """Load a safetensors file, naming the file and the fix when it is corrupt."""
+    """Load a safetensors file, naming the file and the fix when it is missing or corrupt."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
-    try:
-        return load_file(str(path))
-    except Exception as err:
-        raise ValueError(f"{path} is corrupt or not a safetensors file ({err}); "
-                         "delete it and re-run the step that writes it.") from err
+    return _read(path, lambda p: load_file(str(p)), "a safetensors file")
 
 
 def read_metadata(path) -> dict:
     """The string metadata of a safetensors file, naming the file when it is missing or corrupt."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
-    try:
-        with safe_open(str(path), framework="pt") as f:
+    def metadata(p):
+        with safe_open(str(p), framework="pt") as f:
             return f.metadata() or {}
-    except Exception as err:
-        raise ValueError(f"{path} is corrupt or not a safetensors file ({err}); "
-                         "delete it and re-run the step that writes it.") from err
+    return _read(path, metadata, "a safetensors file")

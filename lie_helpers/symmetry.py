@@ -20,7 +20,6 @@ plain SGD step W ← W − lr·g_W grows ‖W‖² by exactly lr²‖g_W‖².
 from __future__ import annotations
 
 import copy
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +28,7 @@ from torch import nn
 from torch.func import grad
 
 from . import toy
-from .brackets import bracket_matrix, bracket_mode, example_loss, field_norm, gradient, lie_bracket, parameters_of
+from .brackets import bracket_matrix, bracket_mode, example_loss, field_norm, parameters_of
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -94,12 +93,22 @@ def scale_residuals(field: dict, params: dict, names: list[str]) -> np.ndarray:
     return np.array([cosine(field[n], params[n]) for n in names])
 
 
+def all_pairs(model: nn.Module, loss_fn, examples: list, reduce, reduce_gradient=None, bn_mode: str = "eval"):
+    """bracket_matrix over a list of (inputs, targets) examples, by plain autograd ("rows": it takes train-mode
+    BatchNorm too); returns (reduced gradients, reduced brackets in the order of itertools.combinations)."""
+    inputs = torch.cat([x for x, _ in examples])
+    targets = torch.cat([t for _, t in examples])
+    result = bracket_matrix(model, loss_fn, inputs, targets, reduce=reduce, reduce_gradient=reduce_gradient,
+                            bn_mode=bn_mode, method="rows")
+    return result.gradients, [result.brackets[p] for p in result.pairs]
+
+
 def scale_residuals_of_brackets(model: nn.Module, loss_fn, minibatches: list, names: list[str],
                                 bn_mode: str) -> np.ndarray:
     """[pairs, tensors]: cos(bracket_W, W) for every pair of packed `minibatches` and every W in `names`."""
     params = parameters_of(model)
-    return np.stack([scale_residuals(lie_bracket(model, loss_fn, x, y, bn_mode=bn_mode), params, names)
-                     for x, y in itertools.combinations(minibatches, 2)])
+    _, residuals = all_pairs(model, loss_fn, minibatches, lambda b: scale_residuals(b, params, names), bn_mode=bn_mode)
+    return np.stack(residuals)
 
 
 @dataclass
@@ -159,11 +168,9 @@ def rescale_residuals(field: dict, params: dict, first: str = "0", second: str =
 def rescale_check(problem: toy.ToyProblem) -> tuple[np.ndarray, np.ndarray]:
     """(gradients [examples, hidden], brackets [pairs, hidden]): rescale residuals of every example's
     field and of every pair's bracket of a two-layer MLP (see `two_layer_mlp`)."""
-    model, loss_fn, examples = problem.model, problem.loss_fn, problem.examples
-    params = parameters_of(model)
-    fields = [rescale_residuals(gradient(model, loss_fn, e), params) for e in examples]
-    brackets = [rescale_residuals(lie_bracket(model, loss_fn, x, y), params)
-                for x, y in itertools.combinations(examples, 2)]
+    params = parameters_of(problem.model)
+    fields, brackets = all_pairs(problem.model, problem.loss_fn, problem.examples,
+                                 lambda b: rescale_residuals(b, params), lambda g: rescale_residuals(g, params))
     return np.array(fields), np.array(brackets)
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from .brackets import (axpy, field_norm, gradient, hvp, lie_bracket, parameters_of, relative_error,
                        swap_difference)
+from .summaries import loglog_fit
 
 DTYPE = torch.float64
 
@@ -37,11 +38,12 @@ DTYPE = torch.float64
 
 
 def with_parameters(model: nn.Module, params: dict) -> nn.Module:
-    """A copy of `model` whose parameters are `params` (the model itself is untouched)."""
+    """A copy of `model` whose parameters named in `params` hold those values (the model itself is untouched)."""
     moved = copy.deepcopy(model)
     with torch.no_grad():
         for name, p in moved.named_parameters():
-            p.copy_(params[name])
+            if name in params:
+                p.copy_(params[name])
     return moved
 
 
@@ -51,11 +53,6 @@ def difference(a: dict, b: dict) -> dict:
 
 def mean_of(dicts: list[dict]) -> dict:
     return {n: sum(d[n] for d in dicts) / len(dicts) for n in dicts[0]}
-
-
-def loglog_slope(x, y) -> float:
-    """Least-squares slope of log y against log x: the order p in y ≈ C·x^p."""
-    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
 
 
 def half_squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -206,8 +203,8 @@ def swap_check(model: nn.Module, loss_fn: Callable, example_x, example_y, lrs, *
     chosen = above[np.argsort(lrs[above])[:fit_points]]
     fitted = np.zeros(len(lrs), bool)
     fitted[chosen] = True
-    asymptotic = loglog_slope(lrs[fitted], errs[fitted]) if fitted.sum() >= 2 else float("nan")
-    return SwapCheck(lrs, errs, loglog_slope(lrs, errs), roundoff, fitted, asymptotic)
+    asymptotic = loglog_fit(lrs[fitted], errs[fitted]).slope if fitted.sum() >= 3 else float("nan")
+    return SwapCheck(lrs, errs, loglog_fit(lrs, errs).slope, roundoff, fitted, asymptotic)
 
 
 # ----------------------------------------------------------------------------- minibatches
@@ -321,5 +318,5 @@ def smith_check(model: nn.Module, loss_fn: Callable, batches: list, lrs, *, orde
         predicted = {n: lr**2 / 2 * t for n, t in bracket_sum.items()}
         err_order.append(relative_error(difference(finals[order], mean), predicted))
     err_flow, err_modified, err_order = map(np.array, (err_flow, err_modified, err_order))
-    return SmithCheck(lrs, err_flow, err_modified, err_order, loglog_slope(lrs, err_flow),
-                      loglog_slope(lrs, err_modified), loglog_slope(lrs, err_order), order)
+    return SmithCheck(lrs, err_flow, err_modified, err_order, loglog_fit(lrs, err_flow).slope,
+                      loglog_fit(lrs, err_modified).slope, loglog_fit(lrs, err_order).slope, order)

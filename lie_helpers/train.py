@@ -1,13 +1,13 @@
 """Train MXResNet on CelebA-style attributes, with checkpoints that a killed run resumes from exactly.
 
-A run folder holds:
-
-    checkpoints/step_000050.safetensors            model state_dict (parameters and BatchNorm buffers)
-    checkpoints/step_000050.optimizer.safetensors  Adam state; only the latest checkpoint's is kept
-    checkpoints/step_000050.json                   metadata; written last, so it marks a complete checkpoint
-    metrics.json                                   one record per complete checkpoint, rebuilt from the JSONs
-
-Step 0 holds the initial weights. Every write is atomic (lie_helpers.storage), and nothing
+Each checkpoint is its weights (model state_dict), its Adam state (kept for the last
+run_folder.KEEP_OPTIMIZER_STATES checkpoints) and its metadata, then an entry in the run
+folder's manifest that marks it complete (layout and manifest: lie_helpers.run_folder);
+metrics.json is rebuilt from the complete checkpoints. Training holds the folder's lock.
+Before it trains, `train` checks every checkpoint against the manifest and resumes from the
+last good one that has its Adam state, saying so when a later one is bad (missing,
+truncated, altered); with no such state left it trains again from step 0, which gives the
+same checkpoints. Step 0 holds the initial weights. Every write is atomic (lie_helpers.storage), and nothing
 a run does depends on random state that is not rebuilt from the profile: the model is
 initialised from `profile.seed` and each epoch's batch order from `(profile.seed, epoch)`.
 So a run killed at any moment, restarted with the same call, continues from its last
@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, storage
+from . import __version__, run_folder, storage
 from .attributes import ATTRIBUTES
-from .config import Profile, RunPaths
+from .config import Profile
 from .losses import get_loss
 from .mxresnet import mxresnet
+from .run_folder import RunPaths
+from .storage import show
 
 # Images are scaled to [0, 1], then normalised per channel with ImageNet's statistics
 # (fastai's `imagenet_stats`). Fixed constants, so every notebook and script feeds the
@@ -115,27 +117,28 @@ def train(profile: Profile, run_dir, train_data, valid_data, *, fingerprint: str
     _check_data(profile, valid_data, "valid_data")
     fingerprint = fingerprint or tensor_fingerprint(train_data, valid_data)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpt_dir = RunPaths(Path(run_dir)).checkpoints
+    if len(train_data[0]) < profile.batch_size:
+        raise ValueError(f"train_data has {len(train_data[0])} images, fewer than one batch ({profile.batch_size}).")
+
+    with run_folder.lock(run_dir):
+        return _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device, progress)
+
+
+def _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device, progress) -> dict:
     loss_fn = get_loss(profile.loss)
     images, targets = train_data
     batches_per_epoch = len(images) // profile.batch_size
-    if batches_per_epoch == 0:
-        raise ValueError(f"train_data has {len(images)} images, fewer than one batch ({profile.batch_size}).")
-
-    done = list_checkpoints(run_dir)
-    if done:
-        _check_same_run(checkpoint_info(run_dir, done[-1]), profile, fingerprint, run_dir)
-        _write_metrics(run_dir)  # a run killed just after a checkpoint's JSON may lack its record
-        if done[-1] == profile.steps:
-            return checkpoint_info(run_dir, done[-1])
+    step = _resume_point(profile, run_dir, fingerprint)
+    if step == profile.steps:
+        return checkpoint_info(run_dir, step)
 
     model = build_model(profile).to(device)
     optimizer = make_optimizer(model, profile)
-    step = done[-1] if done else 0
-    if done:
-        model.load_state_dict(_load(ckpt_dir / f"step_{step:06d}.safetensors", run_dir, step))
-        _load_optimizer(model, optimizer, _load(_optimizer_path(ckpt_dir, step), run_dir, step))
+    if step is not None:
+        model.load_state_dict(_load(RunPaths(Path(run_dir)).weights(step), run_dir, step))
+        _load_optimizer(model, optimizer, _load(RunPaths(Path(run_dir)).optimizer(step), run_dir, step))
     else:
+        step = 0
         meta = {"train_loss": None, **evaluate(model, loss_fn, valid_data, profile.eval_images)}
         _save_checkpoint(run_dir, 0, model, optimizer, profile, fingerprint, meta)
 
@@ -178,28 +181,71 @@ def _check_data(profile: Profile, data, name: str) -> None:
                          f"got {list(targets.shape)}.")
 
 
-def _check_same_run(info: dict, profile: Profile, fingerprint: str, run_dir) -> None:
-    """Refuse to resume a run folder made with other settings or other data."""
-    if info["profile_hash"] == profile.hash() and info["data_fingerprint"] == fingerprint:
-        return
+def _run_key(profile: Profile, fingerprint: str) -> dict:
+    """What a checkpoint is made under: the profile's training settings and the data."""
+    return {"profile_hash": profile.hash(), "data_fingerprint": fingerprint}
+
+
+def _resume_point(profile: Profile, run_dir, fingerprint: str) -> int | None:
+    """The step to resume from (None: from scratch), after checking every checkpoint; bad ones are reported
+    and their entries dropped, so training rewrites them."""
+    paths = RunPaths(Path(run_dir))
+    done = run_folder.complete_checkpoints(paths)
+    _check_same_run(paths, profile, fingerprint)
+    if not done:
+        return None
+    problems = {s: run_folder.checkpoint_problem(paths, s) for s in done}
+    good = done[:next((i for i, s in enumerate(done) if problems[s]), len(done))]
+    if len(good) == len(done) and done[-1] == profile.steps:
+        _write_metrics(run_dir)  # a run killed just after its last checkpoint may lack its record
+        return profile.steps
+    start = next((s for s in reversed(good) if not run_folder.checkpoint_problem(paths, s, ("optimizer",))), None)
+    if len(good) < len(done) or start != good[-1]:
+        bad = done[len(good)] if len(good) < len(done) else good[-1]
+        why = problems[bad] or run_folder.checkpoint_problem(paths, bad, ("optimizer",))
+        print(f"Checkpoint {bad} of {show(paths.root)} cannot be used: {why}. "
+              + (f"Resuming from step {start}, the last checkpoint with its optimizer state; "
+                 if start is not None else "No earlier checkpoint keeps its optimizer state: training again from "
+                                           "step 0 (deterministic, so the same checkpoints); ")
+              + "the checkpoints after it are written again.")
+    run_folder.forget_checkpoints_after(paths, -1 if start is None else start)
+    _write_metrics(run_dir)
+    return start
+
+
+def _check_same_run(paths: RunPaths, profile: Profile, fingerprint: str) -> None:
+    """Refuse to train in a run folder made with other settings or other data (the keys in its manifest,
+    and the metadata of checkpoints that are in no manifest, e.g. from before manifests)."""
+    key = _run_key(profile, fingerprint)
+    for path in sorted(paths.checkpoints.glob("step_[0-9][0-9][0-9][0-9][0-9][0-9].json")):
+        try:
+            info = storage.read_json(path)
+            theirs = {k: info[k] for k in key}
+        except (ValueError, KeyError, TypeError):
+            continue   # unreadable: no checkpoint of anything; training rewrites it
+        if theirs != key:
+            break
+    else:
+        info = None
+        theirs = next((e["key"] for e in run_folder.read_manifest(paths)["checkpoints"].values()
+                       if e["key"] != key), None)
+        if theirs is None:
+            return
     ours = json.loads(json.dumps(profile.to_dict()))
     changed = [f"{k}: {info['profile'].get(k)!r} there, {v!r} now" for k, v in ours.items()
-               if k != "name" and info["profile"].get(k) != v]
-    if info["data_fingerprint"] != fingerprint:
-        changed.append(f"data fingerprint: {info['data_fingerprint']} there, {fingerprint} now")
+               if info and k != "name" and info["profile"].get(k) != v]
+    if theirs["data_fingerprint"] != fingerprint:
+        changed.append(f"data fingerprint: {theirs['data_fingerprint']} there, {fingerprint} now")
     raise ValueError(
-        f"{run_dir} holds checkpoints of a different run (profile hash {info['profile_hash']}, "
+        f"{show(paths.root)} holds checkpoints of a different run (profile hash {theirs['profile_hash']}, "
         f"this one {profile.hash()}). Differences: {'; '.join(changed) or 'none listed'}. "
-        f"Its checkpoints are left untouched: pass another run_dir, or delete {run_dir} to train anew.")
-
-
-def _optimizer_path(ckpt_dir: Path, step: int) -> Path:
-    return ckpt_dir / f"step_{step:06d}.optimizer.safetensors"
+        f"Its checkpoints are left untouched: pass another run_dir (the chain: --run-dir DIR), or delete "
+        f"{show(paths.checkpoints)} alone to train anew there.")
 
 
 def _save_checkpoint(run_dir, step, model, optimizer, profile, fingerprint, meta) -> None:
-    """Weights, optimizer state, then the JSON that marks the checkpoint complete; then tidy up."""
-    ckpt_dir = RunPaths(Path(run_dir)).checkpoints
+    """Weights, optimizer state, metadata, then the manifest entry that marks the checkpoint complete; then tidy up."""
+    paths = RunPaths(Path(run_dir))
     meta = {"step": step, "steps": profile.steps, **meta, "eval_images": profile.eval_images,
             "profile": profile.to_dict(), "profile_hash": profile.hash(), "data_fingerprint": fingerprint,
             "lie_helpers_version": __version__, "torch_version": torch.__version__}
@@ -207,20 +253,19 @@ def _save_checkpoint(run_dir, step, model, optimizer, profile, fingerprint, meta
     adam = {f"{names[id(p)]}/{key}": value for p, state in optimizer.state.items()
             for key, value in state.items()}
     try:
-        storage.atomic_save_tensors(ckpt_dir / f"step_{step:06d}.safetensors", model.state_dict(),
+        storage.atomic_save_tensors(paths.weights(step), model.state_dict(),
                                     {"step": step, "profile_hash": profile.hash()})
-        storage.atomic_save_tensors(_optimizer_path(ckpt_dir, step), adam, {"step": step})
-        storage.atomic_write_json(ckpt_dir / f"step_{step:06d}.json", meta)
+        storage.atomic_save_tensors(paths.optimizer(step), adam, {"step": step})
+        storage.atomic_write_json(paths.info(step), meta)
+        run_folder.add_checkpoint(paths, step, _run_key(profile, fingerprint))
         _write_metrics(run_dir)
+        run_folder.prune_optimizer_states(paths)
     except OSError as err:
-        done = list_checkpoints(run_dir)
+        done = run_folder.complete_checkpoints(paths)
         kept = f"checkpoints up to step {done[-1]} are complete and intact" if done else "no checkpoint is complete yet"
-        raise OSError(err.errno, f"Could not write the step-{step} checkpoint in {ckpt_dir} ({err}); {kept}. "
-                                 f"Free disk space (or use a run_dir on another disk) and call train again "
+        raise OSError(err.errno, f"Could not write the step-{step} checkpoint in {show(paths.checkpoints)} ({err}); "
+                                 f"{kept}. Free disk space (or use a run_dir on another disk) and call train again "
                                  f"to resume.") from err
-    for old in ckpt_dir.glob("step_*.optimizer.safetensors"):
-        if int(old.name[5:11]) < step:
-            old.unlink()
 
 
 def _load_optimizer(model, optimizer, tensors: dict) -> None:
@@ -237,7 +282,7 @@ def _write_metrics(run_dir) -> None:
     """Rebuild metrics.json from the complete checkpoints where it differs, so it always agrees with them."""
     keys = ["step", "train_loss", "valid_loss", "valid_mean_accuracy", "valid_accuracy"]
     records = [{k: checkpoint_info(run_dir, s)[k] for k in keys} for s in list_checkpoints(run_dir)]
-    path = Path(run_dir) / "metrics.json"
+    path = RunPaths(Path(run_dir)).metrics
     try:
         current = storage.read_json(path)
     except (FileNotFoundError, ValueError):
@@ -250,41 +295,47 @@ def _load(path: Path, run_dir, step: int) -> dict:
     try:
         return storage.load_tensors(path)
     except (ValueError, FileNotFoundError) as err:
-        raise ValueError(f"Checkpoint {step} of {run_dir} cannot be loaded: {path} is missing or corrupt. "
-                         f"Delete {run_dir} and train again, or pass another run_dir.") from err
+        raise ValueError(f"Checkpoint {step} of {show(run_dir)} cannot be loaded: {show(path)} is missing or "
+                         "corrupt. Call train again with the run's profile (notebook 01): it checks every "
+                         "checkpoint and writes the bad ones again.") from err
+
+
+def _verified(run_dir, step: int, part: str) -> Path:
+    """The path of checkpoint `step`'s `part`, after checking it against the manifest."""
+    problem = run_folder.checkpoint_problem(run_dir, step, (part,))
+    if problem:
+        raise ValueError(f"Checkpoint {step} of {show(run_dir)} cannot be used: {problem}. Call train again "
+                         "with the run's profile (notebook 01): it checks every checkpoint and writes the bad "
+                         "ones again.")
+    return getattr(RunPaths(Path(run_dir)), part)(step)
 
 
 # Reading a run back ----------------------------------------------------------------------------
 
 def list_checkpoints(run_dir) -> list[int]:
-    """Steps of the complete checkpoints in `run_dir`, ascending."""
-    ckpt_dir = RunPaths(Path(run_dir)).checkpoints
-    return sorted(int(p.name[5:11]) for p in ckpt_dir.glob("step_[0-9][0-9][0-9][0-9][0-9][0-9].json"))
+    """Steps of the complete checkpoints in `run_dir`, ascending (run_folder.complete_checkpoints)."""
+    return run_folder.complete_checkpoints(run_dir)
 
 
 def checkpoint_info(run_dir, step: int) -> dict:
     """The metadata of checkpoint `step`: losses, per-attribute accuracy, profile, data fingerprint."""
-    path = RunPaths(Path(run_dir)).checkpoints / f"step_{step:06d}.json"
-    try:
-        return storage.read_json(path)
-    except ValueError as err:
-        raise ValueError(f"{path} is corrupt ({err.__cause__}). "
-                         f"Delete {run_dir} and train again, or pass another run_dir.") from err
+    return storage.read_json(_verified(run_dir, step, "info"))
 
 
 def load_checkpoint(run_dir, step: int, profile: Profile, *, dtype=torch.float32, device="cpu") -> torch.nn.Module:
-    """The model at checkpoint `step`, in eval mode, as `dtype` on `device`."""
-    info = checkpoint_info(run_dir, step)
-    if info["profile_hash"] != profile.hash():
-        raise ValueError(f"Checkpoint {step} of {run_dir} was trained with profile hash {info['profile_hash']} "
+    """The model at checkpoint `step`, in eval mode, as `dtype` on `device`; its files checked against the manifest."""
+    key = run_folder.checkpoint_entry(run_dir, step)["key"]
+    if key["profile_hash"] != profile.hash():
+        info = checkpoint_info(run_dir, step)
+        raise ValueError(f"Checkpoint {step} of {show(run_dir)} was trained with profile hash {key['profile_hash']} "
                          f"({info['profile']['name']!r}), not {profile.hash()} ({profile.name!r}): "
                          f"pass the profile it was trained with.")
     model = build_model(profile)
-    model.load_state_dict(_load(RunPaths(Path(run_dir)).checkpoints / f"step_{step:06d}.safetensors", run_dir, step))
+    model.load_state_dict(_load(_verified(run_dir, step, "weights"), run_dir, step))
     return model.to(device=device, dtype=dtype).eval()
 
 
 def load_metrics(run_dir) -> list[dict]:
     """One record per checkpoint: step, train_loss (mean since the previous checkpoint; None at
     step 0), valid_loss, valid_mean_accuracy and valid_accuracy (attribute -> accuracy)."""
-    return storage.read_json(Path(run_dir) / "metrics.json")
+    return storage.read_json(RunPaths(Path(run_dir)).metrics)

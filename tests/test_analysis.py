@@ -72,6 +72,7 @@ def test_full_brackets_are_optional_and_announced(trained, capsys, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir / "checkpoints", copy / "checkpoints")
     shutil.copy(run_dir / "metrics.json", copy / "metrics.json")
+    shutil.copy(run_dir / "manifest.json", copy / "manifest.json")
     full = get_profile("ci", **{k: getattr(profile, k) for k in ("image_size", "width", "steps", "checkpoint_every",
                                                                "batch_size", "eval_images", "bracket_examples",
                                                                "pushforward_batch")}, save_full_brackets=True)

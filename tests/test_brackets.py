@@ -269,7 +269,7 @@ def test_loss_that_is_not_a_scalar_is_refused():
 
 def test_model_without_parameters_and_other_bad_arguments_are_refused():
     x, y = data()
-    with pytest.raises(ValueError, match="no parameters"):
+    with pytest.raises(ValueError, match="no trainable parameters"):
         lh.lie_bracket(nn.Flatten(), loss_fn, example(x, y, 0), example(x, y, 1))
     model = conv_net()
     with pytest.raises(ValueError, match="bn_mode"):
@@ -280,3 +280,52 @@ def test_model_without_parameters_and_other_bad_arguments_are_refused():
         lh.bracket_matrix(model, loss_fn, x[:1], y[:1])
     with pytest.raises(ValueError, match="method"):
         lh.bracket_matrix(model, loss_fn, x, y, method="fast")
+
+
+def test_frozen_parameters_are_no_part_of_a_field():
+    """A frozen weight is held fixed: the field lives on the trainable parameters, and its bracket is the
+    bracket of a model in which that weight is a constant (computed here by folding it into a closure)."""
+    model, (x, y) = conv_net(), data()
+    frozen = "0.weight"
+    model[0].weight.requires_grad_(False)
+    ex, ey = example(x, y, 0), example(x, y, 1)
+    bracket = lh.lie_bracket(model, loss_fn, ex, ey)
+    assert frozen not in bracket and set(bracket) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen not in lh.gradient(model, loss_fn, ex)
+
+    # Independent computation: the trainable parameters as the only leaves, the frozen weight a constant.
+    params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters() if n != frozen}
+    constant = {frozen: model[0].weight.detach()}
+
+    def loss_at(p, e):
+        with bracket_mode(model):
+            return loss_fn(torch.func.functional_call(model, {**p, **constant}, (e[0],)), e[1])
+    gx = torch.autograd.grad(loss_at(params, ex), list(params.values()), create_graph=True)
+    gy = torch.autograd.grad(loss_at(params, ey), list(params.values()), create_graph=True)
+    pairing = sum((b * a.detach()).sum() - (a * b.detach()).sum() for a, b in zip(gx, gy))
+    expected = dict(zip(params, torch.autograd.grad(pairing, list(params.values()))))
+    assert rel_err(bracket, expected) < 1e-10
+    matrix = lh.bracket_matrix(model, loss_fn, x[:2], y[:2])
+    assert rel_err(matrix.brackets[(0, 1)], expected) < 1e-10
+
+    before = model[0].weight.detach().clone()
+    swap = lh.swap_difference(model, loss_fn, ex, ey, 1e-3)
+    assert frozen not in swap and torch.equal(model[0].weight, before)
+
+
+def test_pairs_per_call_below_one_and_float_losses_are_refused():
+    model, (x, y) = conv_net(), data()
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="pairs_per_call must be a positive integer"):
+            lh.bracket_matrix(model, loss_fn, x, y, pairs_per_call=bad)
+    assert len(lh.bracket_matrix(model, loss_fn, x, y, pairs_per_call=1, method="vmap").brackets) == 6
+    as_float = lambda out, t: float(loss_fn(out, t).detach())  # noqa: E731
+    with pytest.raises(TypeError, match="loss_fn must return a tensor.*got float"):
+        lh.gradient(model, as_float, example(x, y, 0))
+
+
+def test_relative_error_against_a_zero_field():
+    zero, one = {"w": torch.zeros(3)}, {"w": torch.ones(3)}
+    assert lh.relative_error(zero, zero) == 0.0
+    assert lh.relative_error(one, zero) == math.inf
+    assert lh.relative_error(zero, one) == 1.0

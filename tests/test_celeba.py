@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -291,8 +292,32 @@ def test_corrupt_jpeg_is_named(copy, tmp_path, damage):
 def test_corrupt_text_file_is_named(copy, name, edit):
     path = copy / "celeba" / name
     path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
-    with pytest.raises(ValueError, match=f"{name} is corrupt.*generate it again"):
+    with pytest.raises(ValueError, match=f"{name} is corrupt.*delete the folder .*celeba and run again"):
         celeba.CelebAFolder(copy, "train", verify_checksums=False)
+
+
+@pytest.mark.parametrize("value", ["2", "0", "3", "-2", "+1", "01"])
+def test_attribute_values_other_than_exactly_minus_one_or_one_are_refused(copy, value):
+    """torchvision maps v to (v + 1) // 2: 2 would read as present and 0 as absent without a check on the text."""
+    path = copy / "celeba" / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    row = lines[5].split()
+    row[1 + IDX["Bald"]] = value
+    lines[5] = " ".join(row)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"exactly -1 or 1; line 6, Bald: '{re.escape(value)}'"):
+        celeba.CelebAFolder(copy, "train", verify_checksums=False)
+
+
+def test_missing_attribute_file_of_generated_data_names_the_fix_that_works(copy):
+    (copy / "celeba" / "list_attr_celeba.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="missing: list_attr_celeba.txt") as err:
+        celeba.check_celeba_folder(copy, verify_checksums=False)
+    assert "generate_celeba(" not in str(err.value)       # it would return at once: the folder exists
+    assert f"delete the folder {copy / 'celeba'} and run again" in str(err.value)
+    shutil.rmtree(copy / "celeba")                        # the advice, followed, works
+    generated_celeba.generate_celeba(copy, N, seed=0, progress=False)
+    celeba.check_celeba_folder(copy, verify_checksums=False)
 
 
 def test_failed_download_points_to_the_manual_route(tmp_path, monkeypatch):

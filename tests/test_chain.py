@@ -16,6 +16,7 @@ import pytest
 
 from lie_helpers import chain
 from lie_helpers.chain import ChainError, main, run_chain
+from lie_helpers.config import run_folder_name
 
 PARAMETERS = 'profile = "default"\noverrides = {}\nrun_dir = None'
 
@@ -33,7 +34,8 @@ def write_notebook(path: Path, log: Path, body: str = "", figure: str | None = N
              nbformat.v4.new_code_cell(record)]
     if figure:
         cells.append(nbformat.v4.new_code_cell(
-            "folder = pathlib.Path(run_dir or f'../runs/{profile}') / 'figures'\n"
+            "from lie_helpers.config import get_profile, run_paths\n"
+            "folder = run_paths(get_profile(profile, **overrides), run_dir).figures   # as the real notebooks do\n"
             "folder.mkdir(parents=True, exist_ok=True)\n"
             f"(folder / {figure!r}).write_text('a figure from ' + profile)"))
     if body:
@@ -83,7 +85,7 @@ def test_unknown_setting_fails_before_any_work(repo, capsys):
 
 
 def test_update_references_refused_for_other_profiles(repo):
-    for kwargs in ({"profile": "ci"}, {"profile": "default", "overrides": {"steps": 3}}):
+    for kwargs in ({"profile": "ci"}, {"profile": "default", "overrides": {"steps": 300}}):
         with pytest.raises(ChainError, match="only for a plain default-profile run"):
             chain_in(repo, update_references=True, **kwargs)
     assert not runs(repo)
@@ -173,14 +175,19 @@ def test_package_source_change_reruns_everything(repo, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_other_profile_gets_parameters_and_ci_keeps_figures(repo):
-    chain_in(repo, "ci", overrides={"steps": 3}, only="00,01")
+def test_other_profile_gets_parameters_and_ci_keeps_figures(repo, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(Path(chain.__file__).parents[1]))   # the kernel imports this lie_helpers
+    overrides = {"steps": 3, "checkpoint_every": 1}
+    chain_in(repo, "ci", overrides=overrides, only="00,01")
     logged = runs(repo)
     assert [r["stage"] for r in logged] == ["00_data", "01_train"]
-    assert all(r["profile"] == "ci" and r["overrides"] == {"steps": 3} and r["run_dir"] is None for r in logged)
-    executed = nbformat.read(repo / "runs/ci/notebooks/00_data.ipynb", as_version=4)
+    assert all(r["profile"] == "ci" and r["overrides"] == overrides and r["run_dir"] is None for r in logged)
+    # A run with overrides has its own folder, which the notebooks find by themselves.
+    folder = repo / "runs" / run_folder_name("ci", overrides)
+    assert folder.name.startswith("ci-checkpoint_every1-steps3-") and not (repo / "runs/ci").exists()
+    executed = nbformat.read(folder / "notebooks/00_data.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
-    assert (repo / "runs/ci/figures/training.png").exists()
+    assert (folder / "figures/training.png").exists()
     assert not (repo / "figures" / "training.png").exists()     # CI never rewrites committed figures
 
     # The same notebook under profile "full" copies its figure to figures/.
@@ -205,7 +212,8 @@ def test_failure_names_notebook_and_cell_and_keeps_earlier_stages(repo, capsys):
     err = capsys.readouterr().err
     assert "01_train.ipynb" in err and "cell 4 of 4" in err and "numbers = [1, 2]" in err
     assert "IndexError: list index out of range" in err
-    assert str(repo / "runs/default/notebooks/01_train.ipynb") in err        # the partial notebook
+    assert str(repo / "runs/default/notebooks/01_train.partial.ipynb") in err   # the partial notebook
+    assert not (repo / "runs/default/notebooks/01_train.ipynb").exists()     # never an executed copy
     assert [r["stage"] for r in runs(repo)] == ["00_data", "01_train"]       # 02 never ran
     state = json.loads((repo / "runs/default/chain_state.json").read_text())
     assert list(state["stages"]) == ["00_data"]
@@ -213,3 +221,33 @@ def test_failure_names_notebook_and_cell_and_keeps_earlier_stages(repo, capsys):
     # After the fix, the earlier stage is kept (skipped) and the chain goes on.
     write_notebook(repo / "notebooks" / "01_train.ipynb", repo / "log.jsonl")
     assert [r[1] for r in chain_in(repo)] == ["skipped", "ran", "ran"]
+
+
+@pytest.mark.slow
+def test_full_disk_gives_a_clear_message_and_leaves_no_invalid_notebook(repo, monkeypatch, capsys):
+    """The issue: a bare OSError [Errno 28] and a truncated executed notebook. Now: the chain's message,
+    the good executed notebook of the last run kept, and no invalid partial notebook."""
+    import errno
+
+    from papermill.iorw import LocalHandler
+
+    chain_in(repo, only="00")
+    executed = repo / "runs/default/notebooks/00_data.ipynb"
+    good = executed.read_bytes()
+    real, calls = LocalHandler.write, []
+
+    def full_disk(self, buf, path):
+        calls.append(path)
+        if len(calls) >= 2:          # the first save goes through, then the disk is full mid-write
+            with open(path, "w") as f:
+                f.write(buf[:len(buf) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, buf, path)
+    monkeypatch.setattr(LocalHandler, "write", full_disk)
+    assert main(["--root", str(repo), "--only", "00", "--force", "--no-progress-bar"]) == 1
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "Free disk space and run the chain again" in err
+    assert "Traceback" not in err
+    assert executed.read_bytes() == good                       # a failed stage never replaces a good notebook
+    partial = executed.with_suffix(".partial.ipynb")
+    assert not partial.exists() or json.loads(partial.read_text())   # never invalid JSON

@@ -1,0 +1,231 @@
+"""The run folder: its layout, the manifest that says which files are good, and its lock.
+
+    manifest.json                                  what is complete, with content hashes (see below)
+    metrics.json                                   one record per complete checkpoint (lie_helpers.train)
+    checkpoints/step_000050.safetensors            model state_dict
+    checkpoints/step_000050.optimizer.safetensors  Adam state, kept for the last KEEP_OPTIMIZER_STATES checkpoints
+    checkpoints/step_000050.json                   metadata: losses, accuracy, profile, data fingerprint
+    brackets/step_000050.safetensors               the bracket record of checkpoint 50 (lie_helpers.analysis)
+    brackets/full/step_000050.safetensors          optional: every full bracket (float16)
+    figures/, notebooks/, hypothesis/              figures, executed notebooks, notebook 04's runs
+
+The manifest is the one source of truth. A checkpoint is complete when it has an entry
+(written after its files, so a killed write leaves none), holding the sha256 of each file
+and the key it was made under (profile hash and data fingerprint); a bracket record's entry
+holds its sha256, its analysis key and the sha256 of the checkpoint weights it summarises.
+Loaders compare files with their entries: a missing, stray (no checkpoint of that step),
+foreign (other key) or altered (other hash) file is never used silently. Writers hold the
+folder's lock (`lock`), so two processes never write one run folder at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+
+from . import storage
+from .storage import show
+
+KEEP_OPTIMIZER_STATES = 2   # the latest checkpoint's, and one to fall back on when it is bad
+LOCK_WAIT_SECONDS = 10.0    # how long a second writer waits for the lock before it refuses
+MANIFEST_VERSION = 1
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run's artifacts live. Each notebook reads the folders of the one before."""
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def brackets(self) -> Path:
+        return self.root / "brackets"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def weights(self, step: int) -> Path:
+        return self.checkpoints / f"{step_name(step)}.safetensors"
+
+    def optimizer(self, step: int) -> Path:
+        return self.checkpoints / f"{step_name(step)}.optimizer.safetensors"
+
+    def info(self, step: int) -> Path:
+        return self.checkpoints / f"{step_name(step)}.json"
+
+    def record(self, step: int) -> Path:
+        return self.brackets / f"{step_name(step)}.safetensors"
+
+    def full_record(self, step: int) -> Path:
+        return self.brackets / "full" / f"{step_name(step)}.safetensors"
+
+
+def _paths(run) -> RunPaths:
+    return run if isinstance(run, RunPaths) else RunPaths(Path(run))
+
+
+# ----------------------------------------------------------------------------- the lock
+
+@contextlib.contextmanager
+def lock(run, timeout: float | None = None):
+    """Hold the run folder's lock; a second writer waits `timeout` seconds (LOCK_WAIT_SECONDS), then refuses."""
+    paths = _paths(run)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    timeout = LOCK_WAIT_SECONDS if timeout is None else timeout
+    try:
+        with filelock.FileLock(paths.lock, timeout=timeout):
+            yield
+    except filelock.Timeout:
+        raise RuntimeError(
+            f"Another process is writing to the run folder {show(paths.root)} (it holds {show(paths.lock)}; "
+            f"waited {timeout:g} s). Let it finish and run again (finished work is kept), or use another "
+            "run folder.") from None
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(run) -> dict:
+    """The manifest ({"checkpoints": {step: entry}, "records": {step: entry}}, steps as strings); empty when absent."""
+    path = _paths(run).manifest
+    manifest = storage.read_json(path) if path.exists() else {}
+    manifest.setdefault("version", MANIFEST_VERSION)
+    manifest.setdefault("checkpoints", {})
+    manifest.setdefault("records", {})
+    return manifest
+
+
+def _write_manifest(run, manifest: dict) -> None:
+    storage.atomic_write_json(_paths(run).manifest, manifest)
+
+
+def complete_checkpoints(run) -> list[int]:
+    """Steps of the checkpoints the manifest lists as complete, ascending (their files are checked on use)."""
+    return sorted(int(s) for s in read_manifest(run)["checkpoints"])
+
+
+def checkpoint_entry(run, step: int) -> dict:
+    entry = read_manifest(run)["checkpoints"].get(str(step))
+    if entry is None:
+        raise FileNotFoundError(f"{show(_paths(run).root)} has no complete checkpoint at step {step} "
+                                f"(complete: {complete_checkpoints(run)}).")
+    return entry
+
+
+def add_checkpoint(run, step: int, key: dict) -> None:
+    """Mark checkpoint `step` complete: hash its files (all written) into the manifest. Hold the lock."""
+    paths = _paths(run)
+    manifest = read_manifest(paths)
+    files = {"weights": paths.weights(step), "optimizer": paths.optimizer(step), "info": paths.info(step)}
+    manifest["checkpoints"][str(step)] = {"key": key, "sha256": {k: sha256(p) for k, p in files.items()}}
+    _write_manifest(paths, manifest)
+
+
+def forget_checkpoints_after(run, step: int) -> None:
+    """Drop the entries of checkpoints after `step` (training rewrites them). Hold the lock."""
+    manifest = read_manifest(run)
+    manifest["checkpoints"] = {s: e for s, e in manifest["checkpoints"].items() if int(s) <= step}
+    _write_manifest(run, manifest)
+
+
+def prune_optimizer_states(run, keep: int = KEEP_OPTIMIZER_STATES) -> None:
+    """Delete the optimizer state of all but the last `keep` complete checkpoints. Hold the lock."""
+    paths = _paths(run)
+    manifest = read_manifest(paths)
+    steps = sorted(int(s) for s in manifest["checkpoints"])
+    for step in steps[:-keep]:
+        paths.optimizer(step).unlink(missing_ok=True)
+        manifest["checkpoints"][str(step)]["sha256"].pop("optimizer", None)
+    for stray in paths.checkpoints.glob("step_*.optimizer.safetensors"):   # an interrupted run's
+        if int(stray.name[5:11]) not in steps[-keep:]:
+            stray.unlink(missing_ok=True)
+    _write_manifest(paths, manifest)
+
+
+def checkpoint_problem(run, step: int, parts=("weights", "info")) -> str | None:
+    """Why checkpoint `step`'s `parts` (weights, optimizer, info) cannot be trusted, or None when they can."""
+    paths = _paths(run)
+    entry = read_manifest(paths)["checkpoints"].get(str(step))
+    if entry is None:
+        return f"checkpoint {step} is not complete (no manifest entry in {show(paths.manifest)})"
+    files = {"weights": paths.weights(step), "optimizer": paths.optimizer(step), "info": paths.info(step)}
+    for part in parts:
+        expected = entry["sha256"].get(part)
+        if expected is None:
+            return f"checkpoint {step} keeps no {part} state"
+        problem = file_problem(files[part], expected)
+        if problem:
+            return problem
+    return None
+
+
+def file_problem(path: Path, expected_sha256: str) -> str | None:
+    """'<path> is missing' or '<path> was altered …' when the file is not the one recorded, else None."""
+    if not path.exists():
+        return f"{show(path)} is missing"
+    if sha256(path) != expected_sha256:
+        return f"{show(path)} was altered or truncated (its sha256 differs from the manifest's)"
+    return None
+
+
+def add_record(run, step: int, key: str) -> None:
+    """Mark the bracket record of `step` (written) as made under `key` from the checkpoint now listed. Hold the lock."""
+    paths = _paths(run)
+    manifest = read_manifest(paths)
+    manifest["records"][str(step)] = {"key": key, "sha256": sha256(paths.record(step)),
+                                      "checkpoint": manifest["checkpoints"][str(step)]["sha256"]["weights"]}
+    _write_manifest(paths, manifest)
+
+
+def record_problem(run, step: int, key: str) -> str | None:
+    """Why the bracket record of checkpoint `step` cannot be used under analysis `key`, or None when it can."""
+    paths = _paths(run)
+    manifest = read_manifest(paths)
+    entry, checkpoint = manifest["records"].get(str(step)), manifest["checkpoints"].get(str(step))
+    path = paths.record(step)
+    if entry is None or not path.exists():
+        return f"{show(path)} is missing" if not path.exists() else f"{show(path)} is in no manifest entry"
+    if entry["key"] != key:
+        return f"{show(path)} was made under another analysis key (other settings or data)"
+    if checkpoint is None or entry["checkpoint"] != checkpoint["sha256"]["weights"]:
+        return f"{show(path)} summarises another checkpoint {step} than the one now in the run"
+    return file_problem(path, entry["sha256"])
+
+
+def stray_files(run) -> list[Path]:
+    """Checkpoint files and bracket records of steps that are no complete checkpoint (e.g. a copy under another
+    step's name, or an interrupted write); training rewrites checkpoint files of the steps it reaches."""
+    paths = _paths(run)
+    steps = set(complete_checkpoints(paths))
+    files = [*paths.checkpoints.glob("step_*"), *paths.brackets.glob("step_*.safetensors")]
+    return sorted(p for p in files if not (p.name[5:11].isdigit() and int(p.name[5:11]) in steps))
