@@ -10,7 +10,9 @@ engine. Everything is float64 and seeded. Reading order:
 4. swap difference / lr² against the bracket, over a grid of learning rates,
 5. minibatches: the bracket is bilinear,
 6. Smith, Dherin, Barrett & De (ICLR 2021): one epoch averaged over all orders follows
-   gradient flow on a modified loss.
+   gradient flow on a modified loss,
+7. a lesson in the plane: one linear neuron, two examples, a smooth loss (the pictures of
+   notebook 00, with a closed-form bracket and a commuting control).
 
 Functions never change a model's parameters: they work on dicts of tensors and, where the
 engine needs a model at another point θ, on a fresh copy holding θ (`with_parameters`).
@@ -26,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .brackets import (axpy, field_norm, gradient, hvp, lie_bracket, parameters_of, relative_error,
                        swap_difference)
@@ -320,3 +323,47 @@ def smith_check(model: nn.Module, loss_fn: Callable, batches: list, lrs, *, orde
     err_flow, err_modified, err_order = map(np.array, (err_flow, err_modified, err_order))
     return SmithCheck(lrs, err_flow, err_modified, err_order, loglog_fit(lrs, err_flow).slope,
                       loglog_fit(lrs, err_modified).slope, loglog_fit(lrs, err_order).slope, order)
+
+
+# ----------------------------------------------------------------------------- a lesson in the plane
+
+
+def log_cosh_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Σ log cosh(pred − target) over the last dimension, averaged over the leading ones.
+
+    A smooth Huber loss: its gradient tanh(r) is bounded and its curvature sech²(r) changes
+    along the way, so SGD steps on it are not affine (unlike a quadratic's) and the two orders
+    of two steps differ at O(ε³) as well as at ε². Written with softplus to stay finite for any r.
+    """
+    r = pred - target
+    return (r + F.softplus(-2 * r) - math.log(2)).sum(-1).mean()
+
+
+def neuron_pair(inputs=(1.0, 0.3), targets=(1.0, -0.5), theta=(-1.0, 1.0)) -> ToyProblem:
+    """Two examples (u_k, t_k) for one linear neuron θ = (w, b) ↦ w·u + b, log-cosh loss.
+
+    Example k depends on θ only through r_k = d_k·θ − t_k with d_k = (u_k, 1): its field
+    −tanh(r_k)·d_k points along d_k, towards its line of perfect fit w·u_k + b = t_k, and the
+    two lines cross at the joint minimum. Inputs with u_x·u_y = −1 make d_x ⟂ d_y: each loss
+    then depends only on its own coordinate and the two fields commute (`neuron_bracket` is 0).
+    """
+    if len(inputs) != 2 or len(targets) != 2 or len(theta) != 2:
+        raise ValueError(f"neuron_pair needs two inputs, two targets and θ = (w, b); got "
+                         f"{len(inputs)}, {len(targets)} and {len(theta)} values.")
+    examples = [(torch.tensor([[[u, 1.0]]], dtype=DTYPE), torch.tensor([[t]], dtype=DTYPE))
+                for u, t in zip(inputs, targets)]
+    return ToyProblem(LinearMap(torch.tensor(theta, dtype=DTYPE)), log_cosh_error, examples)
+
+
+def neuron_bracket(theta: torch.Tensor, inputs, targets) -> torch.Tensor:
+    """Closed form of [v_x, v_y] for `neuron_pair` at θ (..., 2), e.g. a grid of points.
+
+    With g_k = tanh(r_k)·d_k and H_k = sech²(r_k)·d_k d_kᵀ,
+    H_y g_x − H_x g_y = (d_x·d_y)·[sech²(r_y) tanh(r_x)·d_y − sech²(r_x) tanh(r_y)·d_x].
+    """
+    d = torch.tensor([[u, 1.0] for u in inputs], dtype=theta.dtype)
+    r = theta @ d.T - torch.tensor(targets, dtype=theta.dtype)            # (..., 2)
+    tanh, sech2 = torch.tanh(r), 1 / torch.cosh(r) ** 2
+    coefficient_y = (sech2[..., 1] * tanh[..., 0])[..., None]
+    coefficient_x = (sech2[..., 0] * tanh[..., 1])[..., None]
+    return (d[0] @ d[1]) * (coefficient_y * d[1] - coefficient_x * d[0])

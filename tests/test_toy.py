@@ -134,3 +134,54 @@ def test_with_parameters_leaves_model_alone(mlp):
     moved = toy.with_parameters(mlp.model, theta)
     assert all(torch.equal(p, torch.zeros_like(p)) for p in moved.parameters())
     assert any(p.abs().sum() > 0 for p in mlp.model.parameters())
+
+
+# ----------------------------------------------------------------------------- the lesson in the plane
+
+
+def test_log_cosh_error_is_log_cosh_and_stays_finite():
+    r = torch.tensor([[-3.0, 0.0, 0.5, 2.0]], dtype=torch.float64)
+    assert torch.allclose(toy.log_cosh_error(r, torch.zeros_like(r)), torch.log(torch.cosh(r)).sum(),
+                          rtol=1e-14, atol=0)
+    far = torch.tensor([[1e4]], dtype=torch.float64)   # log(cosh) overflows here
+    assert torch.isclose(toy.log_cosh_error(far, torch.zeros_like(far)), far[0, 0] - np.log(2), rtol=1e-14)
+
+
+def test_neuron_pair_is_a_neuron_with_the_log_cosh_loss():
+    problem = toy.neuron_pair(inputs=(1.0, 0.3), targets=(1.0, -0.5), theta=(-1.0, 1.0))
+    (x_in, x_t), _ = problem.examples
+    w, b = -1.0, 1.0
+    assert float(problem.loss_fn(problem.model(x_in), x_t)) == pytest.approx(np.log(np.cosh(w * 1.0 + b - 1.0)))
+    with pytest.raises(ValueError, match="two inputs"):
+        toy.neuron_pair(inputs=(1.0, 2.0, 3.0))
+
+
+@pytest.mark.parametrize("inputs, targets", [((1.0, 0.3), (1.0, -0.5)), ((-2.0, 0.8), (0.3, 0.8)),
+                                             ((1.5, 1.5), (1.0, -1.0))])
+def test_neuron_bracket_matches_the_engine(inputs, targets):
+    for theta in [(-1.0, 1.0), (0.4, -0.7), (2.0, 0.1)]:
+        problem = toy.neuron_pair(inputs, targets, theta)
+        engine = lie_bracket(problem.model, problem.loss_fn, *problem.examples)["theta"]
+        closed = toy.neuron_bracket(torch.tensor(theta, dtype=torch.float64), inputs, targets)
+        assert engine.norm() > 1e-3   # a real bracket, not a trivial zero
+        assert torch.allclose(engine, closed, rtol=1e-12, atol=1e-15)
+
+
+def test_neuron_bracket_on_a_grid_and_the_commuting_control():
+    grid = torch.stack(torch.meshgrid(torch.linspace(-2, 2, 5, dtype=torch.float64),
+                                      torch.linspace(-2, 2, 5, dtype=torch.float64), indexing="xy"), -1)
+    at_points = torch.stack([toy.neuron_bracket(p, (1.0, 0.3), (1.0, -0.5)) for p in grid.reshape(-1, 2)])
+    assert torch.allclose(toy.neuron_bracket(grid, (1.0, 0.3), (1.0, -0.5)).reshape(-1, 2), at_points)
+    # u_x·u_y = −1: orthogonal directions, the fields commute, and SGD steps commute exactly.
+    control = toy.neuron_pair(inputs=(1.0, -1.0), targets=(1.0, -0.5))
+    assert toy.neuron_bracket(grid, (1.0, -1.0), (1.0, -0.5)).abs().max() == 0
+    for lr in (0.1, 1.0, 3.0):
+        gap = toy.swap_difference(control.model, control.loss_fn, *control.examples, lr)["theta"]
+        assert gap.abs().max() < 1e-15
+
+
+def test_neuron_pair_swap_gap_is_lr2_bracket_to_first_order():
+    problem = toy.neuron_pair()
+    lrs = np.logspace(-4, -1, 7)
+    check = toy.swap_check(problem.model, problem.loss_fn, *problem.examples, lrs)
+    assert 0.9 < check.slope < 1.1 and check.rel_err[-1] > 1e-3   # a real O(lr³) remainder, not zero
