@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     loss_fn = get_loss(profile.loss)
     r = time_bracket_methods(model, loss_fn, inputs, targets, repeats=args.repeats)
     auto = "rows" if (device.type == "cpu" and r["parameters"] > lh.brackets.ROWS_ABOVE_PARAMETERS_ON_CPU) else "vmap"
-    err = max(r[m]["max_rel_diff_to_naive"] for m in ("vmap", "rows"))
+    err = max(r[m]["max_rel_err_to_naive"] for m in ("vmap", "rows"))
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"CPU ({torch.get_num_threads()} threads)")
     print(f"{device_name} · mxresnet{args.depth} width {args.width}, {args.size}px, "

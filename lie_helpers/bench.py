@@ -72,7 +72,12 @@ def random_examples(profile: Profile, n: int, device="cpu", dtype=torch.float32,
 
 
 def peak_memory(fn: Callable, device) -> tuple[object, int | None]:
-    """(fn(), the peak bytes of CUDA memory allocated during the call); None for the peak on the CPU."""
+    """(fn(), the peak CUDA memory the call allocated beyond what was allocated before, in bytes).
+
+    None for the peak on the CPU: torch's CPU allocations are invisible to tracemalloc, and the
+    process's peak resident size (resource.getrusage) only ever grows, so it needs a fresh process
+    per measurement (benchmarks/bench_many_examples.py does that).
+    """
     device = torch.device(device)
     if device.type != "cuda":
         return fn(), None
@@ -89,7 +94,7 @@ def time_bracket_methods(model, loss_fn, inputs, targets, *, methods=("vmap", "r
     """`bracket_matrix` (each method) against the naive way, one `lie_bracket` per pair: times and agreement.
 
     Returns seconds as medians, each method's ratio to the naive time, its largest relative
-    difference to the naive brackets (checked before timing), and on CUDA the peak memory.
+    error against the naive brackets (checked before timing), and on CUDA the peak memory.
     `budget_s` is shared among the timings.
     """
     device = inputs.device
@@ -107,15 +112,17 @@ def time_bracket_methods(model, loss_fn, inputs, targets, *, methods=("vmap", "r
         "gradient_s": median(timed(lambda: gradient(model, loss_fn, (inputs[:1], targets[:1])), device,
                                    3 * repeats, budget_s=share)),
         "naive_s": median(timed(naive, device, repeats, warmup=0, budget_s=share)),  # warmed above
-        "naive_peak_memory_bytes": naive_peak,
     }
+    if naive_peak is not None:
+        result["naive_peak_memory_bytes"] = naive_peak
     for method in methods:
         def run():
             return bracket_matrix(model, loss_fn, inputs, targets, method=method)
         matrix, peak = peak_memory(run, device)
         seconds = median(timed(run, device, repeats, warmup=0, budget_s=share))  # warmed just now
         result[method] = {"seconds": seconds, "ratio_to_naive": seconds / result["naive_s"],
-                          "max_rel_diff_to_naive": max(relative_error(matrix.brackets[p], ref)
-                                                       for p, ref in zip(pairs, reference)),
-                          "peak_memory_bytes": peak}
+                          "max_rel_err_to_naive": max(relative_error(matrix.brackets[p], ref)
+                                                      for p, ref in zip(pairs, reference))}
+        if peak is not None:
+            result[method]["peak_memory_bytes"] = peak
     return result
