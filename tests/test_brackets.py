@@ -280,3 +280,15 @@ def test_model_without_parameters_and_other_bad_arguments_are_refused():
         lh.bracket_matrix(model, loss_fn, x[:1], y[:1])
     with pytest.raises(ValueError, match="method"):
         lh.bracket_matrix(model, loss_fn, x, y, method="fast")
+
+
+@pytest.mark.parametrize("method", ["vmap", "rows"])
+def test_bracket_matrix_reduces_each_pair_in_pairs_order(method):
+    """Callers may number what `reduce` sees (analysis keeps full brackets so); rows hands over each
+    pair as soon as both its products exist, without holding products for later pairs."""
+    model, (x, y) = conv_net(), data(n=5)
+    seen = []
+    matrix = lh.bracket_matrix(model, loss_fn, x, y, method=method, reduce=lambda b: seen.append(b) or len(seen) - 1)
+    assert [matrix.brackets[p] for p in matrix.pairs] == list(range(10))
+    for p, bracket in zip(matrix.pairs, seen):
+        assert rel_err(bracket, lh.lie_bracket(model, loss_fn, example(x, y, p[0]), example(x, y, p[1]))) < 1e-10
