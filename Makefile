@@ -6,6 +6,7 @@
 #   make setup          only create/refresh .venv (pinned by constraints.txt)
 #   make run PROFILE=full ARGS="--force"     any profile, any chain option (see --help)
 #   make bench          the benchmarks
+#   make gpu-check      the GPU check: runs/gpu-check/gpu_check.{json,md} (tiny on the CPU without CUDA)
 #   make clean-runs     delete runs/ (checkpoints, brackets, executed notebooks)
 
 SHELL := /bin/bash
@@ -20,7 +21,7 @@ STAMP := $(VENV)/.setup-stamp
 SETUP_KEY = $(shell cat pyproject.toml constraints.txt | $(PYTHON) -c "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
 CHECK_RUN := runs/check
 
-.PHONY: setup run test bench clean-runs
+.PHONY: setup run test bench gpu-check clean-runs
 
 setup:
 	@key="$(SETUP_KEY)"; \
@@ -52,6 +53,9 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_brackets.py
 	$(PY) benchmarks/train_throughput.py
+
+gpu-check: setup
+	$(PY) -m lie_helpers.gpu_check --out runs/gpu-check
 
 clean-runs:
 	rm -rf runs/

@@ -336,10 +336,12 @@ def brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs_per_call):
 
 
 def brackets_by_rows(loss_at, params, inputs, targets):
-    """Gradients, then (pair, bracket): one double-backward graph per example, swept once per other example.
+    """Gradients, then (pair, bracket) in `BracketMatrix.pairs` order: one double-backward graph per example.
 
     N graph builds and N(N−1) backward sweeps, against 2 builds and 2 sweeps per pair for
-    the naive way. A bracket is yielded as soon as both of its products exist.
+    the naive way. Both products of a pair come from the two examples' graphs at once, so
+    beside the N graphs only one bracket is held at a time (holding H_i g_j until H_j g_i
+    came would hold up to N²/4 parameter-sized products); a graph is freed after its last pair.
     """
     n = inputs.shape[0]
     leaves = {k: p.clone().requires_grad_(True) for k, p in params.items()}
@@ -349,16 +351,14 @@ def brackets_by_rows(loss_at, params, inputs, targets):
                                       create_graph=True, materialize_grads=True) for j in range(n)]
         gradients = [[g.detach() for g in graph] for graph in graphs]
         yield [dict(zip(names, g)) for g in gradients]
-        pending = {}  # (i, j) -> H_i g_j for i < j, waiting for H_j g_i
-        for j in range(n):
-            for i in (i for i in range(n) if i != j):
-                h_j_g_i = torch.autograd.grad(graphs[j], tensors, grad_outputs=gradients[i], retain_graph=True,
-                                              allow_unused=True, materialize_grads=True)
-                if i < j:
-                    yield (i, j), {k: a - b for k, a, b in zip(names, h_j_g_i, pending.pop((i, j)))}
-                else:
-                    pending[(j, i)] = h_j_g_i
-            graphs[j] = None  # free example j's graph
+
+        def product(j, i):  # H_j g_i
+            return torch.autograd.grad(graphs[j], tensors, grad_outputs=gradients[i], retain_graph=True,
+                                       allow_unused=True, materialize_grads=True)
+        for i in range(n):
+            for j in range(i + 1, n):
+                yield (i, j), {k: a - b for k, a, b in zip(names, product(j, i), product(i, j))}
+            graphs[i] = None  # example i's last pair is done
 
 
 def bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, *,

@@ -329,3 +329,15 @@ def test_relative_error_against_a_zero_field():
     assert lh.relative_error(zero, zero) == 0.0
     assert lh.relative_error(one, zero) == math.inf
     assert lh.relative_error(zero, one) == 1.0
+
+
+@pytest.mark.parametrize("method", ["vmap", "rows"])
+def test_bracket_matrix_reduces_each_pair_in_pairs_order(method):
+    """Callers may number what `reduce` sees (analysis keeps full brackets so); rows hands over each
+    pair as soon as both its products exist, without holding products for later pairs."""
+    model, (x, y) = conv_net(), data(n=5)
+    seen = []
+    matrix = lh.bracket_matrix(model, loss_fn, x, y, method=method, reduce=lambda b: seen.append(b) or len(seen) - 1)
+    assert [matrix.brackets[p] for p in matrix.pairs] == list(range(10))
+    for p, bracket in zip(matrix.pairs, seen):
+        assert rel_err(bracket, lh.lie_bracket(model, loss_fn, example(x, y, p[0]), example(x, y, p[1]))) < 1e-10
