@@ -1,0 +1,238 @@
+"""First-order baselines against brute force on a tiny float64 conv net; the RMS-law statistics by simulation."""
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lie_helpers import baselines
+from lie_helpers.brackets import BracketMatrix
+from lie_helpers.losses import CategoricalHair, IndependentBCE
+
+DTYPE = torch.float64
+N_OUT = 3
+loss_fn = IndependentBCE()
+
+
+def tiny_net(seed=0):
+    """Conv, BatchNorm (running statistics warmed up, then in train mode: bracket_mode must switch it), Mish, linear head."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.Mish(),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, N_OUT)).to(DTYPE)
+    with torch.no_grad():
+        model.train()(torch.randn(16, 2, 5, 5, dtype=DTYPE))
+    return model
+
+
+def data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 5, 5, generator=g, dtype=DTYPE), (torch.rand(n, N_OUT, generator=g) > 0.5).to(DTYPE)
+
+
+def eval_copy(model):
+    copy = tiny_net()
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
+def flat_gradient(model, scalar):
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(scalar, list(model.parameters()), retain_graph=True)])
+
+
+def explicit_jacobian(model, batch):
+    """[batch, outputs, parameters], one plain backward pass per logit (model in eval mode)."""
+    logits = model(batch)
+    return torch.stack([torch.stack([flat_gradient(model, logits[n, k]) for k in range(logits.shape[1])])
+                        for n in range(logits.shape[0])])
+
+
+def state(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()],
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+
+
+@pytest.fixture
+def setup():
+    model = tiny_net()
+    examples, targets = data(4, seed=1)
+    batch, batch_targets = data(5, seed=2)
+    reference = eval_copy(model)
+    before = state(model)
+    yield model, reference, examples, targets, batch, batch_targets
+    after = state(model)
+    for k, v in after[0].items():
+        assert torch.equal(v, before[0][k]), f"{k} changed"
+    assert after[1:] == before[1:], "train/eval modes or TF32 flags changed"
+
+
+def test_gradient_pushforward_matches_explicit_jacobian_and_finite_differences(setup):
+    model, reference, examples, targets, batch, _ = setup
+    result = baselines.gradient_pushforward(model, loss_fn, examples, targets, batch)
+    jacobian = explicit_jacobian(reference, batch).reshape(-1, sum(p.numel() for p in reference.parameters()))
+    fields = [-flat_gradient(reference, loss_fn(reference(examples[i:i + 1]), targets[i:i + 1])) for i in range(4)]
+    expected = torch.stack([(jacobian @ v).reshape(5, N_OUT) for v in fields])
+    torch.testing.assert_close(result.per_example, expected, rtol=1e-10, atol=1e-12)
+
+    h = 1e-6  # central differences of the logits along v_0
+    shifted = []
+    for sign in (1, -1):
+        moved = eval_copy(reference)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.nn.utils.parameters_to_vector(reference.parameters())
+                                                + sign * h * fields[0], moved.parameters())
+            shifted.append(moved(batch))
+    torch.testing.assert_close(result.per_example[0], (shifted[0] - shifted[1]) / (2 * h), rtol=1e-6, atol=1e-9)
+
+    pairs = BracketMatrix(4).pairs
+    assert result.pair_difference.shape == (len(pairs), 5, N_OUT)
+    for row, (i, j) in zip(result.pair_difference, pairs):
+        torch.testing.assert_close(row, (jacobian @ (fields[i] - fields[j])).reshape(5, N_OUT), rtol=1e-10, atol=1e-12)
+
+
+def test_per_attribute_loss_is_each_columns_bce_and_averages_to_the_loss(setup):
+    model, reference, _, _, batch, batch_targets = setup
+    got = baselines.per_attribute_loss(model, loss_fn, batch, batch_targets)
+    logits = reference(batch).detach()
+    expected = torch.stack([loss_fn(logits[:, k:k + 1], batch_targets[:, k:k + 1]) for k in range(N_OUT)])
+    torch.testing.assert_close(got, expected, rtol=1e-13, atol=0)
+    torch.testing.assert_close(got.mean(), loss_fn(logits, batch_targets), rtol=1e-13, atol=0)
+
+
+def test_attribute_gradients_norms_and_conflict_match_plain_autograd(setup):
+    model, reference, _, _, batch, batch_targets = setup
+    gram = baselines.attribute_gradient_gram(model, loss_fn, batch, batch_targets)
+    own = torch.stack([flat_gradient(reference, F.binary_cross_entropy_with_logits(reference(batch)[:, k],
+                                                                                   batch_targets[:, k]))
+                       for k in range(N_OUT)])
+    torch.testing.assert_close(gram, own @ own.T, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(baselines.attribute_gradient_norms(gram), own.norm(dim=1), rtol=1e-10, atol=0)
+
+    conflict = baselines.gradient_conflict(gram)
+    for k in range(N_OUT):
+        for m in range(N_OUT):
+            assert float(conflict.cosine[k, m]) == pytest.approx(float(F.cosine_similarity(own[k], own[m], dim=0)),
+                                                                 rel=1e-9)
+        others = [max(0.0, -float(F.cosine_similarity(own[k], own[m], dim=0))) for m in range(N_OUT) if m != k]
+        assert float(conflict.conflict[k]) == pytest.approx(np.mean(others), rel=1e-9, abs=1e-15)
+
+
+def test_ggn_trace_per_output_estimates_the_explicit_jacobians_trace(setup):
+    model, reference, _, _, batch, _ = setup
+    jacobian = explicit_jacobian(reference, batch)                        # [batch, outputs, parameters]
+    p = torch.sigmoid(reference(batch)).detach()
+    ggn = [jacobian[:, k].T @ torch.diag(p[:, k] * (1 - p[:, k])) @ jacobian[:, k] for k in range(N_OUT)]
+    exact = torch.stack([g.trace() for g in ggn])
+    estimate = baselines.ggn_trace_per_output(model, loss_fn, batch, samples=4000, seed=3)
+    z = (estimate.value - exact) / estimate.standard_error
+    assert z.abs().max() < 4, z
+    assert (estimate.standard_error / exact).max() < 0.05  # the estimate is informative, not just wide
+    again = baselines.ggn_trace_per_output(model, loss_fn, batch, samples=4000, seed=3)
+    assert torch.equal(again.value, estimate.value)
+
+
+def test_per_attribute_baselines_refuse_the_categorical_loss(setup):
+    model, _, _, _, batch, batch_targets = setup
+    for fn in (baselines.per_attribute_loss, baselines.attribute_gradient_gram):
+        with pytest.raises(ValueError, match="IndependentBCE"):
+            fn(model, CategoricalHair(), batch, batch_targets)
+    with pytest.raises(ValueError, match="IndependentBCE"):
+        baselines.ggn_trace_per_output(model, CategoricalHair(), batch)
+
+
+def test_calibration_error_matches_a_loop_over_bins():
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(200, 4, generator=g, dtype=DTYPE)
+    p[0, 0] = 1.0  # the right edge belongs to the last bin
+    labels = (torch.rand(200, 4, generator=g, dtype=DTYPE) < p ** 2).to(DTYPE)
+    got = baselines.calibration_error(p, labels, bins=7)
+    for k in range(4):
+        edges = np.linspace(0, 1, 8)
+        total = 0.0
+        for b in range(7):
+            inside = (p[:, k] >= edges[b]) & ((p[:, k] < edges[b + 1]) | ((b == 6) & (p[:, k] <= 1)))
+            if inside.any():
+                total += inside.sum().item() / 200 * abs(labels[inside, k].mean().item() - p[inside, k].mean().item())
+        assert float(got[k]) == pytest.approx(total, rel=1e-12)
+    assert float(baselines.calibration_error(torch.full((4, 1), 0.5), torch.tensor([[0.], [1.], [1.], [0.]]))[0]) == 0
+    with pytest.raises(ValueError, match="logits"):
+        baselines.calibration_error(p * 3 - 1, labels)
+
+
+def test_rank_agreement_is_spearman_per_checkpoint():
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 40))
+    b = np.stack([a[0] ** 3, -a[1], rng.random(40)])
+    rho = baselines.rank_agreement(a, b)
+    assert rho.shape == (3,)
+    assert rho[0] == pytest.approx(1) and rho[1] == pytest.approx(-1)
+    assert rho[2] == pytest.approx(scipy.stats.spearmanr(a[2], b[2]).statistic)
+
+
+def test_bracket_residual_finds_outputs_the_gradient_does_not_predict():
+    rng = np.random.default_rng(1)
+    jg = 10 ** rng.uniform(-3, 0, 40)
+    planted = np.zeros(40)
+    planted[[7, 11]] = -0.8  # two outputs (say the hair colours) smaller than the gradient predicts
+    bracket = 5 * jg * 10 ** (planted + 0.02 * rng.normal(size=40))
+    fit = baselines.bracket_residual(bracket, jg)
+    line = scipy.stats.linregress(np.log10(jg), np.log10(bracket))
+    assert fit.slope == pytest.approx(line.slope) and fit.r_squared == pytest.approx(line.rvalue ** 2)
+    assert set(np.argsort(fit.residual)[:2]) == {7, 11}
+
+
+def test_third_example_null_pairs_each_third_example_with_the_pairs_geometric_mean():
+    rng = np.random.default_rng(2)
+    g = 10 ** rng.normal(size=(2, 5, 6))  # [checkpoints, examples, tensors]
+    pairs = BracketMatrix(5).pairs
+    x, y = baselines.third_example_null(g, pairs)
+    assert x.shape == y.shape == (2, len(pairs), 3, 6)
+    for c in range(2):
+        for p, (i, j) in enumerate(pairs):
+            for t, k in enumerate(k for k in range(5) if k not in (i, j)):
+                np.testing.assert_allclose(x[c, p, t], np.sqrt(g[c, i] * g[c, j]))
+                np.testing.assert_array_equal(y[c, p, t], g[c, k])
+
+
+def test_within_tensor_demeans_logs_per_tensor_and_drops_zeros():
+    x = np.array([1.0, 10.0, 100.0, 1000.0, 0.0])
+    y = np.array([2.0, 20.0, 5.0, 50.0, 3.0])
+    lx, ly = baselines.within_tensor(x, y, [0, 0, 1, 1, 1])
+    np.testing.assert_allclose(lx, [-0.5, 0.5, -0.5, 0.5])
+    np.testing.assert_allclose(ly, [-0.5, 0.5, -0.5, 0.5])
+
+
+def noisy_line(rng, groups=15, tensors=20, slope=1.0, noise=0.5, offsets=None):
+    """Values [groups, tensors] with log10 y = slope · t, log10 x = t + noise and log10 y + noise, t ~ N(0, 1)."""
+    t = rng.normal(size=(groups, tensors))
+    shift = 0 if offsets is None else offsets
+    return 10 ** (t + shift + noise * rng.normal(size=t.shape)), 10 ** (slope * t + shift + noise * rng.normal(size=t.shape))
+
+
+def test_noise_in_x_attenuates_least_squares_but_not_rma_or_tls():
+    x, y = noisy_line(np.random.default_rng(3), groups=40, tensors=50)  # OLS expects 1 / (1 + 0.5²) = 0.8
+    ols, rma, tls = (baselines.slope_fit(x, y, method=m, n_resamples=199) for m in ("ols", "rma", "tls"))
+    assert ols.slope < 0.85 and ols.high < 0.9
+    for fit in (rma, tls):
+        assert fit.slope == pytest.approx(1, abs=0.05) and fit.low < 1 < fit.high
+    assert rma.interval == "BCa" and rma.n_groups == 40 and rma.n_points == 2000
+
+
+def test_within_tensor_fit_removes_the_shared_per_tensor_scale():
+    rng = np.random.default_rng(4)
+    offsets = 3 * rng.normal(size=20)  # per-tensor scale shared by x and y: slope 1 across tensors
+    x, y = noisy_line(rng, slope=1.6, noise=0.1, offsets=offsets)
+    assert baselines.slope_fit(x, y, method="rma").slope == pytest.approx(1, abs=0.15)
+    assert baselines.slope_fit(x, y, within=True, method="rma").slope == pytest.approx(1.6, abs=0.1)
+
+
+def test_bootstrap_interval_over_pairs_covers_the_true_slope():
+    """200 simulated checkpoints of 15 pairs: the 95% BCa interval of the RMA slope should cover 1 in
+    88-99% of them (a binomial 95% has standard deviation 1.5%; a bootstrap over 15 groups may under-cover a little)."""
+    rng = np.random.default_rng(5)
+    covered = 0
+    for replicate in range(200):
+        x, y = noisy_line(rng, groups=15, tensors=10, noise=0.3)
+        fit = baselines.slope_fit(x, y, method="rma", n_resamples=299, seed=replicate)
+        covered += fit.low <= 1 <= fit.high
+    assert 0.88 <= covered / 200 <= 0.99, covered
