@@ -9,6 +9,14 @@ BatchNorm in eval mode, through `bracket_matrix`, reduced on the fly to
                                                 batch (the first `pushforward_batch` test images)
     batch_logits        [batch, outputs]        the outputs themselves (for probabilities)
 
+and, for the independent loss, what one gradient step already predicts for the same examples
+and batch (lie_helpers.baselines; the nulls a bracket finding is measured against):
+
+    gradient_pushforward  [N, batch, outputs]     J·v_i: each example's SGD field pushed onto the batch
+    attribute_loss        [outputs]               each attribute's loss on the batch
+    attribute_gradient_gram [outputs, outputs]    ⟨∇L_k, ∇L_l⟩ of the attributes' batch losses (norms, conflict)
+    batch_targets         [batch, outputs]        the batch's labels (calibration)
+
 one safetensors file per checkpoint in <run>/brackets/, listed in the run folder's manifest
 with its sha256, its analysis key and the checkpoint it summarises (lie_helpers.run_folder).
 A record that verifies under the current key is skipped, so an interrupted analysis resumes;
@@ -25,14 +33,15 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import run_folder, storage
+from . import baselines, run_folder, storage
 from .brackets import bracket_matrix, bracket_mode, parameters_of, pushforward, rms_per_tensor
 from .config import Profile, run_paths
-from .losses import get_loss
+from .losses import IndependentBCE, get_loss
 from .storage import show
 from .train import load_checkpoint, prepare_inputs
 
-ANALYSIS_VERSION = 1  # bump when what is stored changes
+ANALYSIS_VERSION = 2  # bump when what is stored changes
+BASELINES = ("gradient_pushforward", "attribute_loss", "attribute_gradient_gram", "batch_targets")
 
 
 def analysis_key(profile: Profile, fingerprint: str) -> str:
@@ -55,8 +64,12 @@ def fixed_inputs(profile: Profile, test_data, device="cpu", dtype=torch.float32)
     return examples, targets, batch
 
 
-def analyse_checkpoint(model, loss_fn, examples, targets, batch, *, keep_full: bool = False) -> dict:
-    """The compact record of one checkpoint (see the module docstring); with keep_full, also every bracket."""
+def analyse_checkpoint(model, loss_fn, examples, targets, batch, *, batch_targets=None,
+                       keep_full: bool = False) -> dict:
+    """The compact record of one checkpoint (see the module docstring); with keep_full, also every bracket.
+
+    With `batch_targets` and the independent loss, the first-order baselines are stored too.
+    """
     full = {}
 
     def rms_vector(field):
@@ -80,6 +93,14 @@ def analyse_checkpoint(model, loss_fn, examples, targets, batch, *, keep_full: b
         "logit_perturbation": torch.stack([matrix.brackets[p][1] for p in matrix.pairs]),
         "batch_logits": batch_logits,
     }
+    if batch_targets is not None and isinstance(loss_fn, IndependentBCE):
+        record.update({
+            "gradient_pushforward": baselines.gradient_pushforward(model, loss_fn, examples, targets,
+                                                                   batch).per_example.cpu(),
+            "attribute_loss": baselines.per_attribute_loss(model, loss_fn, batch, batch_targets).cpu(),
+            "attribute_gradient_gram": baselines.attribute_gradient_gram(model, loss_fn, batch, batch_targets).cpu(),
+            "batch_targets": batch_targets.cpu(),
+        })
     if keep_full:
         record["full"] = {f"{i}-{j}/{k}": t for (i, j), b in zip(matrix.pairs, full.values()) for k, t in b.items()}
     return record
@@ -106,6 +127,7 @@ def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, 
         key = analysis_key(profile, fingerprint)
         loss_fn = get_loss(profile.loss)
         examples, targets, batch = fixed_inputs(profile, test_data, device)
+        batch_targets = test_data[1][:profile.pushforward_batch].to(device=device, dtype=targets.dtype)
         problems = {s: run_folder.record_problem(paths, s, key) for s in steps}
         todo = [s for s in steps if problems[s]]
         bad = [problems[s] for s in todo if paths.record(s).exists()]
@@ -118,7 +140,8 @@ def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, 
         for step in tqdm(todo, desc="brackets", disable=not progress):
             model = load_checkpoint(paths.root, step, profile, device=device)
             start = time.perf_counter()
-            record = analyse_checkpoint(model, loss_fn, examples, targets, batch, keep_full=profile.save_full_brackets)
+            record = analyse_checkpoint(model, loss_fn, examples, targets, batch, batch_targets=batch_targets,
+                                        keep_full=profile.save_full_brackets)
             seconds = time.perf_counter() - start
             if "full" in record:
                 storage.atomic_save_tensors(paths.full_record(step), record.pop("full"))
@@ -158,6 +181,11 @@ class RunBrackets:
     logit_perturbation: torch.Tensor  # [checkpoints, pairs, batch, outputs]
     batch_logits: torch.Tensor        # [checkpoints, batch, outputs]
     seconds: list                     # compute time of each checkpoint's record
+    # first-order baselines (independent loss only; None otherwise), stacked like the above
+    gradient_pushforward: torch.Tensor | None = None     # [checkpoints, examples, batch, outputs]
+    attribute_loss: torch.Tensor | None = None           # [checkpoints, outputs]
+    attribute_gradient_gram: torch.Tensor | None = None  # [checkpoints, outputs, outputs]
+    batch_targets: torch.Tensor | None = None            # [checkpoints, batch, outputs]
 
 
 def load_run_brackets(profile: Profile, run_dir=None) -> RunBrackets:
@@ -189,4 +217,5 @@ def load_run_brackets(profile: Profile, run_dir=None) -> RunBrackets:
         logit_perturbation=torch.stack([r["logit_perturbation"] for r in records]),
         batch_logits=torch.stack([r["batch_logits"] for r in records]),
         seconds=[float(m["seconds"]) for m in metadata],
+        **{name: torch.stack([r[name] for r in records]) for name in BASELINES if name in records[0]},
     )

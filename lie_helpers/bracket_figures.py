@@ -568,3 +568,44 @@ largest |value|.</p>
 </body>
 </html>
 """
+
+
+def plot_first_order(comparison, rms_fits: dict):
+    """Is a bracket more than a gradient? Rank agreement with each baseline, the highlighted outputs'
+    ranks by bracket, by J·g and by the residual over J·g, and the RMS law against its null."""
+    fig, (ax_rho, ax_rank, ax_rms) = plt.subplots(1, 3, figsize=(17, 4.8))
+    for k, (name, rho) in enumerate(comparison.rho.items()):
+        ax_rho.plot(comparison.steps, rho, "o-" if k == 0 else ".-", lw=2.2 if k == 0 else 1, ms=4,
+                    color=f"C{k}", label=name)
+    ax_rho.axhline(0, color="0.4", lw=0.8)
+    ax_rho.set(xlabel="training step", ylabel="Spearman ρ over the outputs", ylim=(-1, 1),
+               title="Bracket magnitude ranked against each baseline")
+    ax_rho.legend(fontsize=8, loc="lower right")
+    for k, name in enumerate(comparison.highlight):
+        colour = ("C3", "C1", "C2", "C4")[k % 4]
+        for values, style, what in ((comparison.bracket_rank, "o-", "bracket"), (comparison.gradient_rank, "s:", "J·g"),
+                                    (comparison.residual_rank, "^--", "residual over J·g")):
+            ax_rank.plot(comparison.steps, values[:, k], style, color=colour, ms=4, lw=1.2, label=f"{name}: {what}")
+    n_outputs = comparison.residual.shape[1]
+    ax_rank.axhline((n_outputs + 1) / 2, color="0.5", lw=0.8, ls=":")
+    ax_rank.set(xlabel="training step", ylabel=f"rank among {n_outputs} (1 = largest)", ylim=(n_outputs + 1, 0),
+                title="Bracket finding or gradient finding?")
+    ax_rank.legend(fontsize=7, ncol=2, loc="lower center")
+    steps = list(rms_fits)
+    for k, (key, style, label) in enumerate([(("bracket", False), "o-", "bracket, across tensors"),
+                                             (("third-example null", False), "o:", "null, across tensors"),
+                                             (("bracket", True), "s-", "bracket, within tensors"),
+                                             (("third-example null", True), "s:", "null, within tensors")]):
+        fits = [rms_fits[s][key] for s in steps]
+        slopes = np.array([f.slope for f in fits])
+        errors = np.array([[f.slope - f.low for f in fits], [f.high - f.slope for f in fits]])
+        x = np.arange(len(steps)) + 0.08 * (k - 1.5)
+        ax_rms.errorbar(x, slopes, yerr=errors, fmt=style, color=f"C{k // 2 + 5}", alpha=1 if key[0] == "bracket" else 0.55,
+                        capsize=3, ms=5, label=label + f" (r {np.median([f.r for f in fits]):.2f})")
+    ax_rms.axhline(1, color="0.4", lw=0.8)
+    ax_rms.set_xticks(range(len(steps)), [str(s) for s in steps])
+    ax_rms.set(xlabel="checkpoint", ylabel="log-log slope (reduced major axis, 95% BCa over pairs)",
+               title="The RMS law against a third example's gradient")
+    ax_rms.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig

@@ -29,6 +29,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .run_folder import RunPaths
 from .storage import atomic_write_json, read_json
 
 CHECKS_FILE = Path(__file__).resolve().parent.parent / "tests" / "result_checks.toml"
@@ -36,7 +37,7 @@ KINDS = ("equals", "value", "log10", "min", "max")
 
 
 def results_dir(run_root) -> Path:
-    return Path(run_root) / "results"
+    return RunPaths(Path(run_root)).results
 
 
 def _plain(value):

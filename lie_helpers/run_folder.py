@@ -7,6 +7,7 @@
     checkpoints/step_000050.json                   metadata: losses, accuracy, profile, data fingerprint
     brackets/step_000050.safetensors               the bracket record of checkpoint 50 (lie_helpers.analysis)
     brackets/full/step_000050.safetensors          optional: every full bracket (float16)
+    results/00.json …                              each notebook's key results (lie_helpers.results)
     figures/, notebooks/, hypothesis/              figures, executed notebooks, notebook 04's runs
 
 The manifest is the one source of truth. A checkpoint is complete when it has an entry
@@ -54,6 +55,10 @@ class RunPaths:
     @property
     def figures(self) -> Path:
         return self.root / "figures"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
 
     @property
     def manifest(self) -> Path:

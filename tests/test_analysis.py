@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import lie_helpers as lh
-from lie_helpers import analysis, storage
+from lie_helpers import analysis, baselines, storage
 from lie_helpers.config import get_profile, run_paths
 from lie_helpers.losses import get_loss
 from lie_helpers.train import load_checkpoint, train
@@ -46,6 +46,31 @@ def test_records_match_the_engine(trained):
     gradient = lh.gradient(model, get_loss(profile.loss), (examples[1:2], targets[1:2]))
     torch.testing.assert_close(result.gradient_rms[1, 1], torch.tensor(list(lh.rms_per_tensor(gradient).values())),
                                rtol=1e-4, atol=1e-12)
+
+
+def test_records_hold_the_first_order_baselines(trained):
+    """What one gradient step predicts, stored beside the brackets and equal to the baselines recomputed."""
+    profile, run_dir, test = trained
+    analysis.analyse_run(profile, test, run_dir=run_dir, fingerprint="data-a", progress=False)
+    result = analysis.load_run_brackets(profile, run_dir)
+    assert result.gradient_pushforward.shape == (3, 3, 5, 40)
+    assert result.attribute_loss.shape == (3, 40) and result.attribute_gradient_gram.shape == (3, 40, 40)
+    assert torch.equal(result.batch_targets[0], test[1][:5].float())
+    model, loss_fn = load_checkpoint(run_dir, 4, profile), get_loss(profile.loss)
+    examples, targets, batch = analysis.fixed_inputs(profile, test)
+    expected = baselines.gradient_pushforward(model, loss_fn, examples, targets, batch).per_example
+    torch.testing.assert_close(result.gradient_pushforward[2], expected)
+    torch.testing.assert_close(result.attribute_loss[2], baselines.per_attribute_loss(model, loss_fn, batch, test[1][:5].float()))
+
+
+def test_the_categorical_loss_stores_no_per_attribute_baselines(trained):
+    profile, run_dir, test = trained
+    model = load_checkpoint(run_dir, 4, profile)
+    examples, targets, batch = analysis.fixed_inputs(profile, test)
+    categorical = get_loss("categorical_hair")
+    record = analysis.analyse_checkpoint(torch.nn.Sequential(model, torch.nn.Linear(40, categorical.n_outputs)),
+                                         categorical, examples, targets, batch, batch_targets=test[1][:5].float())
+    assert not set(analysis.BASELINES) & set(record)
 
 
 def test_stored_checkpoints_are_skipped_and_changes_recompute(trained, capsys):
