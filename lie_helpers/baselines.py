@@ -419,19 +419,19 @@ def describe_first_order(comparison: FirstOrderComparison, output_names) -> str:
 
 
 def rms_law_with_null(records, checkpoints, *, method: str = "rma", n_resamples: int = 999) -> dict:
-    """{step: {(what, within): SlopeFit}} for what in ("bracket", "third-example null"), within in (False, True).
+    """{step: {(what, within): SlopeFit}} for what in ("bracket", "third-example null"), within in (False, True),
+    at the given checkpoint indices (as `summaries.rms_fits`).
 
     The bracket's RMS and, as the null, a third example's gradient RMS, each against the pair's
     geometric-mean gradient RMS per tensor; across tensors and within tensors (demeaned).
     """
     from .summaries import paired_gradient_rms
     fits = {}
-    for step in checkpoints:
-        c = records.steps.index(step)
+    for c in checkpoints:
         x = paired_gradient_rms(records.gradient_rms[c], records.pairs).numpy()
         null_x, null_y = third_example_null(records.gradient_rms[c].numpy(), records.pairs)
         data = {"bracket": (x, records.bracket_rms[c].numpy()), "third-example null": (null_x, null_y)}
-        fits[step] = {(what, within): slope_fit(a, b, within=within, method=method, n_resamples=n_resamples)
+        fits[records.steps[c]] = {(what, within): slope_fit(a, b, within=within, method=method, n_resamples=n_resamples)
                       for what, (a, b) in data.items() for within in (False, True)}
     return fits
 
