@@ -592,20 +592,23 @@ def plot_first_order(comparison, rms_fits: dict):
                 title="Bracket finding or gradient finding?")
     ax_rank.legend(fontsize=7, ncol=2, loc="lower center")
     steps = list(rms_fits)
-    for k, (key, style, label) in enumerate([(("bracket", False), "o-", "bracket, across tensors"),
-                                             (("third-example null", False), "o:", "null, across tensors"),
-                                             (("bracket", True), "s-", "bracket, within tensors"),
-                                             (("third-example null", True), "s:", "null, within tensors")]):
-        fits = [rms_fits[s][key] for s in steps]
+    for k, (field, style, label) in enumerate([("bracket", "o-", "bracket, across tensors"),
+                                               ("null", "o:", "third example's gradient (null), across tensors"),
+                                               ("within", "s-", "bracket, within tensors")]):
+        fits = [getattr(rms_fits[s], field) for s in steps]
         slopes = np.array([f.slope for f in fits])
         errors = np.array([[f.slope - f.low for f in fits], [f.high - f.slope for f in fits]])
-        x = np.arange(len(steps)) + 0.08 * (k - 1.5)
-        ax_rms.errorbar(x, slopes, yerr=errors, fmt=style, color=f"C{k // 2 + 5}", alpha=1 if key[0] == "bracket" else 0.55,
-                        capsize=3, ms=5, label=label + f" (r {np.median([f.r for f in fits]):.2f})")
+        x = np.arange(len(steps)) + 0.1 * (k - 1)
+        ax_rms.errorbar(x, slopes, yerr=errors, fmt=style, color=f"C{k + 5}", capsize=3, ms=5,
+                        label=label + f" (median r {np.median([f.r for f in fits]):.2f})")
+    for i, s in enumerate(steps):
+        ax_rms.annotate(f"p={rms_fits[s].within_p:.3f}", (i + 0.1, rms_fits[s].within.high), fontsize=7,
+                        color="C7", ha="center", va="bottom")
     ax_rms.axhline(1, color="0.4", lw=0.8)
     ax_rms.set_xticks(range(len(steps)), [str(s) for s in steps])
-    ax_rms.set(xlabel="checkpoint", ylabel="log-log slope (reduced major axis, 95% BCa over pairs)",
-               title="The RMS law against a third example's gradient")
+    ax_rms.set(xlabel="checkpoint  (p: within-tensor r against brackets paired with other pairs' gradients)",
+               ylabel="log-log slope (reduced major axis, 95% BCa over pairs)",
+               title="The RMS law against its nulls")
     ax_rms.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig

@@ -279,11 +279,26 @@ def test_rms_null_tells_a_within_tensor_law_from_shared_scale():
     """Brackets exactly proportional to their pair's gradients: r = 1 within tensors, the null much lower."""
     records = synthetic_records(1.0)
     fits = baselines.rms_law_with_null(records, [0, 1], n_resamples=99)
-    for step_fits in fits.values():
-        assert step_fits[("bracket", True)].r == pytest.approx(1.0)
-        assert step_fits[("bracket", False)].slope == pytest.approx(1.0)
-        assert step_fits[("third-example null", True)].r < 0.9
+    for fit in fits.values():
+        assert fit.within.r == pytest.approx(1.0) and fit.bracket.slope == pytest.approx(1.0)
+        assert fit.within_p < 0.05 and fit.within_null_r < 0.3
     assert "a pair whose gradients are larger on a tensor has a larger bracket" in baselines.describe_rms_null(fits)
+
+
+def test_the_permutation_null_does_not_light_up_without_a_relation():
+    """Brackets unrelated to their pair's gradients within tensors (only the tensor scale shared): no signal."""
+    g = np.random.default_rng(0)
+    scale = np.logspace(-3, 0, 20)
+    x = scale * np.exp(g.normal(size=(15, 20)))
+    y = scale * np.exp(g.normal(size=(15, 20)))
+    p, null_r = baselines.within_tensor_permutation(x, y, n_resamples=199)
+    assert p > 0.05 and abs(null_r) < 0.1
+    # The third-example null is structurally anti-correlated within tensors: r = −1/√10 whatever the data.
+    gradient_rms = np.exp(g.normal(size=(6, 20)))
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    nx, ny = baselines.third_example_null(gradient_rms, pairs)
+    ids = np.broadcast_to(np.arange(20), nx.shape)
+    assert np.corrcoef(*baselines.within_tensor(nx, ny, ids))[0, 1] == pytest.approx(-1 / np.sqrt(10))
 
 
 def test_records_without_baselines_are_refused():
