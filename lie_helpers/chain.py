@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import PROFILES, run_folder_name
+from .results import results_dir
 from .storage import atomic_write_bytes, atomic_write_json, read_json, show
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -345,6 +346,8 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
                 # interrupted or failed run is never mistaken for a finished one.
                 state["stages"].pop(stage.name, None)
                 save_state(run_root, state)
+                # Its recorded results too: a result the notebook no longer records must not linger.
+                (results_dir(run_root) / f"{stage.number}.json").unlink(missing_ok=True)
                 stage.executed.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     papermill.execute_notebook(

@@ -107,7 +107,9 @@ def expectation(check: dict) -> str:
                 else f"{check['value']:g} ± {check['rel']:.0%}")
     if "log10" in check:
         return f"{check['log10']:g} within ×{check['factor']:g}"
-    return f"in [{check.get('min', '-inf')}, {check.get('max', 'inf')}]"
+    if "min" in check and "max" in check:
+        return f"in [{check['min']:g}, {check['max']:g}]"
+    return f"≥ {check['min']:g}" if "min" in check else f"≤ {check['max']:g}"
 
 
 @dataclass

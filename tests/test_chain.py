@@ -251,3 +251,16 @@ def test_full_disk_gives_a_clear_message_and_leaves_no_invalid_notebook(repo, mo
     assert executed.read_bytes() == good                       # a failed stage never replaces a good notebook
     partial = executed.with_suffix(".partial.ipynb")
     assert not partial.exists() or json.loads(partial.read_text())   # never invalid JSON
+
+
+@pytest.mark.slow
+def test_a_rerun_stage_forgets_the_results_it_recorded_before(repo):
+    """A result that a notebook no longer records must not survive from an older run of it."""
+    chain_in(repo, only="01")
+    stale = repo / "runs/default/results/01.json"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text('{"dropped_result": 1}')
+    other = repo / "runs/default/results/02.json"
+    other.write_text('{"kept": 1}')
+    chain_in(repo, only="01", force=True)
+    assert not stale.exists() and other.exists()
