@@ -118,12 +118,21 @@ def notebook_cells(path) -> list:
     return [[c.get("cell_type"), "".join(c.get("source", ""))] for c in nb.get("cells", [])]
 
 
+# The arithmetic of a run: another thread count, kernel set or torch version trains another
+# trajectory, so a stage run under one must not count as up to date under another.
+ARITHMETIC_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
 def package_fingerprint(package_dir=PACKAGE_DIR) -> str:
-    """Hash of the lie_helpers sources the notebooks run. The chain itself (this file) is
+    """Hash of the lie_helpers sources the notebooks run and of the arithmetic they run with
+    (torch's version, the CPU count, `ARITHMETIC_VARIABLES`). The chain itself (this file) is
     left out: how stages are run does not change what they compute."""
+    from importlib.metadata import version
     files = sorted(p for p in Path(package_dir).rglob("*.py")
                    if p.name != "chain.py" and "__pycache__" not in p.parts)
-    return _sha([[str(p.relative_to(package_dir)), p.read_text(encoding="utf-8")] for p in files])
+    arithmetic = {"torch": version("torch"), "cpus": os.cpu_count(),
+                  **{name: os.environ.get(name) for name in ARITHMETIC_VARIABLES}}
+    return _sha([[str(p.relative_to(package_dir)), p.read_text(encoding="utf-8")] for p in files] + [arithmetic])
 
 
 def stage_key(stage: Stage, parameters: dict, previous_key, fingerprint: str) -> str:

@@ -147,3 +147,28 @@ def plot_training_curves(metrics, caption: str = "", highlight=("Black_Hair", "B
     _title(fig, caption)
     fig.tight_layout()
     return fig
+
+
+def figure_slider(draw, slider, *, dpi: int = 80):
+    """A slider (any ipywidgets value widget) above the figure `draw(value)` returns, redrawn when it moves.
+
+    Live only with a running kernel. The figure is a PNG in an Image widget rather than a plot in an
+    Output widget (`ipywidgets.interact`): headless runs (papermill, nbclient) mimic Output widgets by
+    talking back to the kernel mid-cell, which intermittently hangs (jupyter/nbclient#312).
+    """
+    import io
+
+    import ipywidgets as widgets
+
+    image = widgets.Image(format="png")
+
+    def redraw(_change=None):
+        fig = draw(slider.value)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+        plt.close(fig)
+        image.value = buffer.getvalue()
+
+    slider.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([slider, image])

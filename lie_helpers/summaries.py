@@ -189,16 +189,20 @@ def describe_highlighted(summary: AttributeSummary, output_names) -> str:
     leaders = [most_perturbed(summary.magnitude[c], output_names, 1)[0] for c in trained]
     counts = {name: leaders.count(name) for name in dict.fromkeys(leaders)}
     leader, times = max(counts.items(), key=lambda item: item[1])
-    parts.append(f"The most perturbed output changes between checkpoints: {len(counts)} different outputs lead, "
+    parts.append(f"The most perturbed output is {leader} at every trained checkpoint." if len(counts) == 1 else
+                 f"The most perturbed output changes between checkpoints: {len(counts)} different outputs lead, "
                  f"{leader} most often ({times} of {n}).")
-    lowest = min(summary.median_ratio.values())
+    lowest, highest = min(summary.median_ratio.values()), max(summary.median_ratio.values())
+    others_lead = any(name not in summary.names for name in counts)
     if lowest >= 3:
-        verdict = "singled out: every one of them is perturbed several times more than the median output."
+        verdict = "singled out: every one of them is perturbed several times more than the median output"
     elif lowest > 1.2:
-        verdict = ("elevated but not dominant: perturbed more than the typical output, not by orders of "
-                   "magnitude, and not the only outputs that lead.")
+        verdict = ("elevated" + (" but not dominant" if highest < 10 or others_lead else "") + ": perturbed more than "
+                   "the typical output" + (", not by an order of magnitude" if highest < 10 else "")
+                   + (", and other outputs lead at some checkpoints" if others_lead else ""))
     else:
-        verdict = "not elevated: at least one of them is perturbed no more than the typical output."
+        verdict = "not elevated: at least one of them is perturbed no more than the typical output"
+    verdict += "."
     onset = summary.joint_onset
     sustained = (f"All of them stay in the top {summary.top} at every checkpoint from step {onset} on."
                  if onset is not None else

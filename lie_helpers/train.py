@@ -155,7 +155,7 @@ def _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device,
                                      prepare_inputs(images[idx], device), targets[idx].to(device)))
             step += 1
             # refresh=False: the bar redraws at most every mininterval, not every step (a
-            # redraw per step floods a notebook's output channel; nbval then loses messages).
+            # redraw per step floods a notebook's output channel; a notebook runner can then lose messages).
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             bar.update(1)
             if step % profile.checkpoint_every == 0 or step == profile.steps:

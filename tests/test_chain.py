@@ -264,3 +264,13 @@ def test_a_rerun_stage_forgets_the_results_it_recorded_before(repo):
     other.write_text('{"kept": 1}')
     chain_in(repo, only="01", force=True)
     assert not stale.exists() and other.exists()
+
+
+def test_the_arithmetic_is_part_of_every_stage_key(monkeypatch):
+    """A run with other threads or kernels trains another trajectory: its stages are not up to date."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    plain = chain.package_fingerprint()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one_thread = chain.package_fingerprint()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert len({plain, one_thread, chain.package_fingerprint()}) == 3

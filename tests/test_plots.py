@@ -101,3 +101,20 @@ def test_save_figure_writes_png_and_pdf_with_the_caption(tmp_path):
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths[1].read_bytes()[:5] == b"%PDF-"
     assert "GENERATED data · a caption" in [t.get_text() for t in fig.texts]
+
+
+def test_figure_slider_redraws_into_an_image_widget():
+    import ipywidgets as widgets
+    from lie_helpers.plots import figure_slider
+
+    def draw(value):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, value])
+        return fig
+
+    slider = widgets.FloatSlider(value=1.0, min=0.0, max=2.0)
+    box = figure_slider(draw, slider)
+    first = box.children[1].value
+    slider.value = 2.0
+    assert box.children[0] is slider and first[:8] == b"\x89PNG\r\n\x1a\n" and box.children[1].value != first
+    assert not plt.get_fignums()   # every drawn figure is closed

@@ -124,3 +124,13 @@ def test_outputs_are_found_by_name():
     assert np.all(summary.rank[HAIR_FROM:, 0] <= 2) and np.all(summary.rank[HAIR_FROM:, 1] > 2)
     with pytest.raises(ValueError):
         summaries.summarise_attributes(records, names, ("No_Such_Output",))
+
+
+@pytest.mark.parametrize("hair_factor, verdict", [(6.0, "singled out"), (1.6, "elevated"), (1.0, "not elevated")])
+def test_the_generated_reading_follows_the_numbers(hair_factor, verdict):
+    records = synthetic_records(hair_factor=hair_factor)
+    summary = summaries.summarise_attributes(records, ATTRIBUTES, HAIR, top=2)
+    text = summaries.describe_highlighted(summary, ATTRIBUTES)
+    assert f"they are {verdict}" in text
+    for k, name in enumerate(HAIR):
+        assert f"median rank {summary.median_rank[name]:g}" in text

@@ -61,8 +61,8 @@ def test_asymptotic_slope_leaves_out_roundoff(mlp):
     assert check.fitted.sum() == 3 and check.first_order, (check.asymptotic_slope, check.rel_err)
 
 
-def test_asymptotic_slope_survives_a_kink():
-    """A max-pool network: large steps cross kinks of the field, small ones do not."""
+def test_asymptotic_slope_on_a_max_pool_network():
+    """A piecewise-smooth field (max-pool): the fit over the smallest learning rates above round-off is first order."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.MaxPool1d(4), torch.nn.Flatten(),
                                 torch.nn.Linear(16, 1)).double()

@@ -202,7 +202,7 @@ def test_categorical_hair_loss_trains(tmp_path):
 
 
 def test_progress_bar_redraws_are_throttled(tmp_path, monkeypatch):
-    """A redraw per step floods a notebook's output channel (nbval then loses the cell's end):
+    """A redraw per step floods a notebook's output channel (a notebook runner can then lose the cell's end):
     with throttling set very long, 20 steps redraw only at start, checkpoints and close."""
     redraws = []
 
