@@ -89,6 +89,16 @@ def load_test_split(profile: Profile, test_tensors=None) -> tuple[tuple[torch.Te
     return (tensors["images"], tensors["attributes"].to(torch.int64)), metadata["fingerprint"]
 
 
+def _profile_test_split(profile: Profile):
+    """load_test_split(profile) in every rank: rank 0 first (it prepares and caches the data), then the others."""
+    if dist.get_rank() == 0:
+        loaded = load_test_split(profile)
+    dist.barrier()
+    if dist.get_rank() != 0:
+        loaded = load_test_split(profile)
+    return loaded
+
+
 def _device() -> torch.device:
     """This process's GPU (LOCAL_RANK) when CUDA is present, else the CPU."""
     if not torch.cuda.is_available():
@@ -131,17 +141,16 @@ def main(argv=None) -> int:
                             device_id=device if device.type == "cuda" else None)
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        for turn in (0, 1) if args.test_tensors is None else ():   # rank 0 prepares and caches the data, then the others read it
-            if (rank == 0) == (turn == 0):
-                test_data, fingerprint = load_test_split(profile)
-            dist.barrier()
+        if args.test_tensors is None:
+            test_data, fingerprint = _profile_test_split(profile)
         computed = analyse_run(profile, test_data, run_dir=run_dir, fingerprint=fingerprint, device=device,
                                progress=not args.no_progress_bar)
         print(f"rank {rank} of {world} computed steps {share(computed, rank, world)}", flush=True)
         dist.barrier()
         if rank == 0:
+            manifest = run_paths(profile, run_dir).manifest
             print(f"{len(computed)} bracket record(s) computed by {world} process(es) on {device.type}, "
-                  f"{len(run_folder.read_manifest(run_dir)['records'])} in {show(run_paths(profile, run_dir).manifest)}.")
+                  f"{len(run_folder.read_manifest(run_dir)['records'])} in {show(manifest)}.")
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"rank {dist.get_rank()}: {err}", file=sys.stderr)
         return 1
