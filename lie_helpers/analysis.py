@@ -119,37 +119,73 @@ def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, 
     A record that is missing, made under another key or from another checkpoint, or altered
     since it was written is recomputed (and said so). Holds the run folder's lock.
     device: where to compute, by default CUDA when available (TF32 stays off there).
+    Across processes: lie_helpers.distributed, with the same per-checkpoint code.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     paths = run_paths(profile, run_dir)
     with run_folder.lock(paths):
-        steps = _checked_steps(paths, fingerprint)
-        key = analysis_key(profile, fingerprint)
-        loss_fn = get_loss(profile.loss)
-        examples, targets, batch = fixed_inputs(profile, test_data, device)
-        batch_targets = test_data[1][:profile.pushforward_batch].to(device=device, dtype=targets.dtype)
-        problems = {s: run_folder.record_problem(paths, s, key) for s in steps}
-        todo = [s for s in steps if problems[s]]
-        bad = [problems[s] for s in todo if paths.record(s).exists()]
-        if bad:
-            print(f"Recomputing {len(bad)} bracket record(s) that do not verify: " + "; ".join(bad))
-        if profile.save_full_brackets and todo:
-            n_params = sum(p.numel() for p in load_checkpoint(paths.root, todo[0], profile).parameters())
-            print(f"save_full_brackets: writing {full_brackets_bytes(profile, n_params, len(todo)) / 2**20:.1f} MiB "
-                  f"of float16 brackets to {show(paths.brackets / 'full')}")
+        key, steps, todo = records_to_compute(paths, profile, fingerprint)
+        inputs = record_inputs(profile, test_data, device)
         for step in tqdm(todo, desc="brackets", disable=not progress):
-            model = load_checkpoint(paths.root, step, profile, device=device)
-            start = time.perf_counter()
-            record = analyse_checkpoint(model, loss_fn, examples, targets, batch, batch_targets=batch_targets,
-                                        keep_full=profile.save_full_brackets)
-            seconds = time.perf_counter() - start
-            if "full" in record:
-                storage.atomic_save_tensors(paths.full_record(step), record.pop("full"))
-            storage.atomic_save_tensors(paths.record(step), record, metadata={
-                "key": key, "step": step, "tensor_names": json.dumps(list(parameters_of(model))),
-                "seconds": f"{seconds:.3f}"})
+            store_record(paths, profile, step, key, inputs)
             run_folder.add_record(paths, step, key)
     return steps
+
+
+@dataclass
+class RecordInputs:
+    """What every checkpoint's record is computed from: the same at every checkpoint and in every process."""
+    loss_fn: torch.nn.Module
+    examples: torch.Tensor
+    targets: torch.Tensor
+    batch: torch.Tensor
+    batch_targets: torch.Tensor
+    device: torch.device
+
+
+def record_inputs(profile: Profile, test_data, device) -> RecordInputs:
+    """The loss, the bracket examples and their targets, the pushforward batch and its targets, on `device`."""
+    examples, targets, batch = fixed_inputs(profile, test_data, device)
+    batch_targets = test_data[1][:profile.pushforward_batch].to(device=device, dtype=targets.dtype)
+    return RecordInputs(get_loss(profile.loss), examples, targets, batch, batch_targets, torch.device(device))
+
+
+def records_to_compute(paths, profile: Profile, fingerprint: str) -> tuple[str, list[int], list[int]]:
+    """(analysis key, the run's complete checkpoints, those whose record is missing or does not verify).
+
+    Says which existing records are recomputed and why, and what optional full brackets will take.
+    Hold the run folder's lock.
+    """
+    steps = _checked_steps(paths, fingerprint)
+    key = analysis_key(profile, fingerprint)
+    problems = {s: run_folder.record_problem(paths, s, key) for s in steps}
+    todo = [s for s in steps if problems[s]]
+    bad = [problems[s] for s in todo if paths.record(s).exists()]
+    if bad:
+        print(f"Recomputing {len(bad)} bracket record(s) that do not verify: " + "; ".join(bad))
+    if profile.save_full_brackets and todo:
+        n_params = sum(p.numel() for p in load_checkpoint(paths.root, todo[0], profile).parameters())
+        print(f"save_full_brackets: writing {full_brackets_bytes(profile, n_params, len(todo)) / 2**20:.1f} MiB "
+              f"of float16 brackets to {show(paths.brackets / 'full')}")
+    return key, steps, todo
+
+
+def store_record(paths, profile: Profile, step: int, key: str, inputs: RecordInputs) -> None:
+    """Compute the record of checkpoint `step` and write it (and its full brackets) atomically.
+
+    Its manifest entry is the caller's (run_folder.add_record, under the lock), so that processes
+    computing records side by side never write the manifest at once.
+    """
+    model = load_checkpoint(paths.root, step, profile, device=inputs.device)
+    start = time.perf_counter()
+    record = analyse_checkpoint(model, inputs.loss_fn, inputs.examples, inputs.targets, inputs.batch,
+                                batch_targets=inputs.batch_targets, keep_full=profile.save_full_brackets)
+    seconds = time.perf_counter() - start
+    if "full" in record:
+        storage.atomic_save_tensors(paths.full_record(step), record.pop("full"))
+    storage.atomic_save_tensors(paths.record(step), record, metadata={
+        "key": key, "step": step, "tensor_names": json.dumps(list(parameters_of(model))),
+        "seconds": f"{seconds:.3f}"})
 
 
 def _checked_steps(paths, fingerprint: str | None) -> list[int]:

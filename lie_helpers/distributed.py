@@ -1,0 +1,163 @@
+"""The bracket analysis of a run (notebook 02's analyse_run) across processes, launched by torchrun.
+
+    torchrun --nproc_per_node=2 -m lie_helpers.distributed --profile default [--run-dir DIR] [--set KEY=VALUE]
+
+Every process joins torch.distributed (NCCL on GPUs, one GPU per process; gloo on CPUs).
+Rank 0 holds the run folder's lock and decides which checkpoints need a record (missing or
+not verifying, as analyse_run does); the ranks take them round-robin, rank r the r-th,
+(r + world)-th, … of the sorted list, and compute each with the single-process code
+(analysis.store_record: the same inputs, the same function, the record written atomically).
+After each round a barrier, then rank 0 alone enters that round's records in the manifest,
+so the manifest is never written by two processes and an interrupted analysis resumes per
+checkpoint. On the CPU the records are bit for bit those of one process at the same number
+of threads per process (torchrun sets OMP_NUM_THREADS=1 unless it is set).
+
+The test split is the profile's (celeba.load_profile_split, as in notebook 02; rank 0 loads
+and caches it first), or --test-tensors FILE: a safetensors file with `images` (uint8
+[N, 3, S, S]) and `attributes` ([N, 40]) and the data fingerprint in its metadata, the form
+of lie_helpers.celeba's split cache files. Pairs are not shared across ranks: each record
+(all N(N−1)/2 pairs of one checkpoint) is computed by one process.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from . import analysis, celeba, run_folder, storage
+from .chain import REPO_DIR, ChainError, parse_overrides
+from .config import PROFILES, Profile, get_profile, run_paths
+from .storage import show
+
+
+def analyse_run(profile: Profile, test_data, *, run_dir, fingerprint: str, device, progress: bool = True) -> list[int]:
+    """analysis.analyse_run with the checkpoints shared among the ranks of the initialised process group.
+
+    Returns the steps whose record was computed (by all ranks together); every rank raises the
+    errors analyse_run would.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    paths = run_paths(profile, run_dir)
+    with run_folder.lock(paths) if rank == 0 else contextlib.nullcontext():
+        plan = [None]
+        if rank == 0:
+            try:
+                plan = [analysis.records_to_compute(paths, profile, fingerprint)]
+            except (ValueError, FileNotFoundError) as err:
+                plan = [err]
+        dist.broadcast_object_list(plan, src=0)
+        if isinstance(plan[0], Exception):
+            raise plan[0]
+        key, _, todo = plan[0]
+        inputs = analysis.record_inputs(profile, test_data, device)
+        mine = share(todo, rank, world)
+        for turn in tqdm(range(-(-len(todo) // world)), desc=f"brackets ({world} processes)",
+                         disable=not progress or rank != 0):
+            if turn < len(mine):
+                analysis.store_record(paths, profile, mine[turn], key, inputs)
+            dist.barrier()
+            if rank == 0:   # this turn's records, one from each rank
+                for step in todo[turn * world:(turn + 1) * world]:
+                    run_folder.add_record(paths, step, key)
+    return todo
+
+
+def share(steps: list[int], rank: int, world: int) -> list[int]:
+    """The steps rank `rank` of `world` computes: round-robin over the sorted list."""
+    return steps[rank::world]
+
+
+def load_test_split(profile: Profile, test_tensors=None) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
+    """((images, attributes), data fingerprint) of the test split: from `test_tensors`, else the profile's data."""
+    if test_tensors is None:
+        split = celeba.load_profile_split(profile, "test", progress=False)
+        return (split.images, split.attributes), split.fingerprint
+    tensors, metadata = storage.load_tensors(test_tensors), storage.read_metadata(test_tensors)
+    missing = [k for k in ("images", "attributes") if k not in tensors] + (
+        ["metadata 'fingerprint'"] if "fingerprint" not in metadata else [])
+    if missing:
+        raise ValueError(f"{show(test_tensors)} lacks {', '.join(missing)}: --test-tensors takes a safetensors file "
+                         "with images, attributes and the data fingerprint in its metadata (a lie_helpers.celeba "
+                         "split cache file).")
+    return (tensors["images"], tensors["attributes"].to(torch.int64)), metadata["fingerprint"]
+
+
+def _profile_test_split(profile: Profile):
+    """load_test_split(profile) in every rank: rank 0 first (it prepares and caches the data), then the others."""
+    if dist.get_rank() == 0:
+        loaded = load_test_split(profile)
+    dist.barrier()
+    if dist.get_rank() != 0:
+        loaded = load_test_split(profile)
+    return loaded
+
+
+def _device() -> torch.device:
+    """This process's GPU (LOCAL_RANK) when CUDA is present, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"Process {local_rank} on this node has no GPU of its own ({torch.cuda.device_count()} "
+                           "visible): start at most one process per GPU (torchrun --nproc_per_node=NGPU).")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m lie_helpers.distributed",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="default", help=f"one of: {', '.join(PROFILES)} (default: default)")
+    parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override a profile setting, as in lie_helpers.chain (repeatable)")
+    parser.add_argument("--run-dir", type=Path, metavar="DIR",
+                        help="run folder (default: runs/<run folder name>, as the chain and the notebooks find it)")
+    parser.add_argument("--test-tensors", type=Path, metavar="FILE",
+                        help="test split as a safetensors file (default: the profile's data)")
+    parser.add_argument("--no-progress-bar", action="store_true")
+    args = parser.parse_args(argv)
+    if "RANK" not in os.environ:
+        parser.error("launch with torchrun, e.g. torchrun --nproc_per_node=2 -m lie_helpers.distributed "
+                     "(one process: analysis.analyse_run, notebook 02).")
+    try:
+        profile = get_profile(args.profile, **parse_overrides(args.overrides))
+        run_dir = args.run_dir or run_paths(profile, runs_root=REPO_DIR / "runs").root
+        # A relative data_root means notebooks/, where the notebooks run (it is in no hash or folder name used below).
+        profile = dataclasses.replace(profile, data_root=str(REPO_DIR / "notebooks" / profile.data_root))
+        device = _device()
+        if args.test_tensors is not None:   # read-only: every rank at once, before it joins the others
+            test_data, fingerprint = load_test_split(profile, args.test_tensors)
+    except (ValueError, FileNotFoundError, RuntimeError, ChainError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if args.test_tensors is None:
+            test_data, fingerprint = _profile_test_split(profile)
+        computed = analyse_run(profile, test_data, run_dir=run_dir, fingerprint=fingerprint, device=device,
+                               progress=not args.no_progress_bar)
+        print(f"rank {rank} of {world} computed steps {share(computed, rank, world)}", flush=True)
+        dist.barrier()
+        if rank == 0:
+            manifest = run_paths(profile, run_dir).manifest
+            print(f"{len(computed)} bracket record(s) computed by {world} process(es) on {device.type}, "
+                  f"{len(run_folder.read_manifest(run_dir)['records'])} in {show(manifest)}.")
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"rank {dist.get_rank()}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
