@@ -28,12 +28,7 @@ def random_split(n, seed, size=16):
 TRAIN, VALID, TEST = random_split(24, 0), random_split(16, 1), random_split(8, 2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(run_dir, profile=PROFILE):
