@@ -606,8 +606,8 @@ def plot_first_order(comparison, rms_fits: dict):
                         color="C7", ha="center", va="bottom")
     ax_rms.axhline(1, color="0.4", lw=0.8)
     ax_rms.set_xticks(range(len(steps)), [str(s) for s in steps])
-    ax_rms.set(xlabel="checkpoint  (p: within-tensor r against brackets paired with other pairs' gradients)",
-               ylabel="log-log slope (reduced major axis, 95% BCa over pairs)",
+    ax_rms.set(xlabel="checkpoint  (p: within-tensor r against the examples relabelled, exact)",
+               ylabel="log-log slope (reduced major axis, 95% jackknife over examples)",
                title="The RMS law against its nulls")
     ax_rms.legend(fontsize=7, loc="best")
     fig.tight_layout()
