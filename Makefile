@@ -8,6 +8,7 @@
 #   make bench          the benchmarks
 #   make gpu-check      the GPU check: runs/gpu-check/gpu_check.{json,md} (tiny on the CPU without CUDA)
 #   make clean-runs     delete runs/ (checkpoints, brackets, executed notebooks)
+#   make publish-links REPO=owner/name   the repository's GitHub address into every Colab/Binder/pip link
 
 SHELL := /bin/bash
 PROFILE ?= default
@@ -21,7 +22,7 @@ STAMP := $(VENV)/.setup-stamp
 SETUP_KEY = $(shell cat pyproject.toml constraints.txt | $(PYTHON) -c "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
 CHECK_RUN := runs/check
 
-.PHONY: setup run test bench gpu-check clean-runs
+.PHONY: setup run test bench gpu-check clean-runs publish-links
 
 setup:
 	@key="$(SETUP_KEY)"; \
@@ -59,3 +60,8 @@ gpu-check: setup
 
 clean-runs:
 	rm -rf runs/
+
+# Standard library only (run as a script, not -m): needs no .venv.
+publish-links:
+	@[ -n "$(REPO)" ] || { echo "Give the repository's GitHub address: make publish-links REPO=owner/name" >&2; exit 2; }
+	$(PYTHON) lie_helpers/publish.py $(REPO)

@@ -1,0 +1,66 @@
+"""Notebook 00 runs in a fresh environment that has only `pip install` of the package (issue 12).
+
+A new venv in a temporary folder (no system site-packages), `pip install -c constraints.txt .`
+(the runtime dependencies, which include papermill and ipykernel), then notebook 00 executed with
+papermill in that venv. Expensive (installs torch; minutes even from pip's cache), so it runs
+only with LIE_HELPERS_FRESH_INSTALL_TEST=1; .ci/run sets it.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "00_theory.ipynb"
+EXECUTION_LIMIT_S = 120   # issue 12: "runs top to bottom in under 2 minutes on a 2-core CPU"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("LIE_HELPERS_FRESH_INSTALL_TEST") != "1",
+                       reason="the fresh-install test creates a venv and installs torch (minutes); "
+                              "run it with LIE_HELPERS_FRESH_INSTALL_TEST=1 (.ci/run does)"),
+]
+
+
+def folder_size_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 2**20
+
+
+def test_notebook_00_runs_after_a_plain_pip_install(tmp_path):
+    venv, run_dir = tmp_path / "venv", tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # Only the venv: no user site-packages, no user kernelspecs (a user's "python3" kernel would run another Python).
+    env = {**os.environ, "PYTHONNOUSERSITE": "1", "JUPYTER_DATA_DIR": str(tmp_path / "jupyter"),
+           "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("PYTHONPATH", "VIRTUAL_ENV", "JUPYTER_PATH"):
+        env.pop(name, None)
+    # A copy of the checkout (tracked and untracked files alike) so pip's build leaves no build/ or egg-info here.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "data", "build", "*.egg-info",
+                                                               "__pycache__", ".pytest_cache"))
+    started = time.perf_counter()
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-c", str(REPO / "constraints.txt"), str(source)],
+                   check=True, env=env, cwd=tmp_path)
+    install_s = time.perf_counter() - started
+    where = subprocess.run([str(python), "-c", "import lie_helpers; print(lie_helpers.__file__)"], check=True,
+                           env=env, cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert Path(where).is_relative_to(venv), f"lie_helpers imported from {where}, not from the fresh venv"
+
+    executed = tmp_path / "00_theory.ipynb"
+    started = time.perf_counter()
+    done = subprocess.run([str(python), "-m", "papermill", str(NOTEBOOK), str(executed), "-k", "python3",
+                           "-p", "run_dir", str(run_dir), "--cwd", str(NOTEBOOK.parent)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True)
+    papermill_s = time.perf_counter() - started
+    assert done.returncode == 0, f"notebook 00 failed in the fresh venv:\n{done.stderr[-4000:]}"
+    execution_s = json.loads(executed.read_text(encoding="utf-8"))["metadata"]["papermill"]["duration"]
+    print(f"\nfresh install: pip {install_s:.0f} s, venv {folder_size_mib(venv):.0f} MiB; notebook 00: "
+          f"{execution_s:.1f} s executing ({papermill_s:.1f} s with papermill and kernel start)")
+    assert (run_dir / "figures" / "00_vector_fields.png").exists()
+    assert execution_s < EXECUTION_LIMIT_S, f"notebook 00 took {execution_s:.0f} s; issue 12 asks for under 2 minutes"
