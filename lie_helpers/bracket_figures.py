@@ -7,12 +7,14 @@
   `heatmap_page` is the same data as one self-contained HTML page (checkpoint slider, pair
   menu, fixed or per-frame colour scale; no kernel, no network), `screenshot_page` a PNG of it.
 * `plot_attribute_perturbation`: mean |logit perturbation| of every output against training
-  step, and the rank of the highlighted outputs among all of them.
+  step (the other hair colours and every output that leads somewhere named), and the rank of the
+  highlighted outputs among all of them.
 
-Colour scales of the heatmaps are symmetric and per frame, clipped at a percentile of |value|:
-magnitudes are heavy-tailed across checkpoints (docs/design.md §5), so one scale for all
-frames would leave most of them blank. The page offers both: fixed over a pair's
-checkpoints (frames comparable) or per frame (detail in the small ones).
+Colour scales of the heatmaps are symmetric, clipped at a percentile of |value| and held fixed over
+the checkpoints of a pair, so frames can be compared; the colour bar states the limit per unit ε²
+(ε: the learning rate) and in logits at the run's learning rate (× lr²). Magnitudes are
+heavy-tailed across checkpoints (docs/design.md §5), so early frames look pale; the page also
+offers a scale per frame (detail in the small ones).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
 
 from . import summaries
+from .attributes import HAIR_COLOURS
 
 HIGHLIGHT_COLOURS = ("C0", "C1", "C2", "C3")  # as plots.plot_training_curves colours its highlighted attributes
 SIGNED_CMAP = "RdBu_r"
@@ -78,10 +81,13 @@ def pair_label(pair) -> str:
     return f"[v{pair[0]}, v{pair[1]}]"
 
 
+TICK_FONTSIZE = 7   # points; the static figures are saved at their own size, so also the printed size
+
+
 def _label_outputs(ax, output_names, highlight) -> None:
-    """Output names as small x tick labels, the highlighted ones in bold colour."""
+    """Output names as x tick labels, the highlighted ones in bold colour."""
     ax.set_xticks(range(len(output_names)))
-    ax.set_xticklabels(output_names, rotation=90, fontsize=6)
+    ax.set_xticklabels(output_names, rotation=90, fontsize=TICK_FONTSIZE)
     colours = dict(zip(highlight, HIGHLIGHT_COLOURS))
     for tick, name in zip(ax.get_xticklabels(), output_names):
         if name in colours:
@@ -97,38 +103,80 @@ def _outline_columns(ax, output_names, highlight, n_rows: int, colour: str = "k"
                                    edgecolor=colour, lw=1.2))
 
 
-def _signed_heatmap(ax, cax, values, output_names, highlight, percentile: float):
-    """One pair's [batch, outputs] perturbation with a symmetric, clipped colour scale; returns (image, colorbar)."""
-    limit = color_limit(values, percentile)
+def _label_rows(ax, pair, n_rows: int, n_examples: int) -> None:
+    """Row ticks: the bracket examples as v0 … (the chosen pair's two bold and marked ▶), then every 5th row."""
+    rows = list(range(n_examples)) + [r for r in range(0, n_rows, 5) if r >= n_examples]
+    ax.set_yticks(rows, [("▶ " if r in pair else "") + (f"v{r}" if r < n_examples else str(r)) for r in rows],
+                  fontsize=TICK_FONTSIZE)
+    for tick, r in zip(ax.get_yticklabels(), rows):
+        tick.set_fontweight("bold" if r in pair else "normal")
+
+
+def _row_boxes(ax, n_outputs: int):
+    """Two boxes around the rows of a bracket's own examples (moved by `_place_row_boxes`)."""
+    return [ax.add_patch(Rectangle((-0.5, -0.5), n_outputs, 1, fill=False, edgecolor="k", lw=1.6, zorder=4))
+            for _ in range(2)]
+
+
+def _place_row_boxes(boxes, pair) -> None:
+    for box, row in zip(boxes, pair):
+        box.set_y(row - 0.5)
+
+
+def _signed_heatmap(ax, cax, values, output_names, highlight, limit: float):
+    """One pair's [batch, outputs] perturbation on the symmetric scale ±limit; returns (image, colorbar)."""
     image = ax.imshow(values, cmap=SIGNED_CMAP, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
     colorbar = ax.figure.colorbar(image, cax=cax, extend="both")
     _outline_columns(ax, output_names, highlight, values.shape[0])
-    ax.set_ylabel("batch example")
+    ax.set_ylabel("batch image (v0 … : the bracket examples)")
     ax.grid(False)
     return image, colorbar
 
 
-def _signed_label(percentile: float, limit: float) -> str:
-    return f"logit change per unit ε²\n(clipped at ±{limit:.3g},\nthe {percentile:g}th pct of |·|)"
+def signed_label(limit: float, lr: float, percentile: float, shared_by: str) -> str:
+    """The colour bar's label: the limit per unit ε² and in logits at the run's learning rate `lr`."""
+    return (f"logit change per unit ε² (ε = learning rate)\n"
+            f"one scale for {shared_by}: ±{limit:.3g},\nthe {percentile:g}th pct of |·| (beyond: clipped)\n"
+            f"= ±{limit * lr * lr:.2g} logits at lr = {lr:g} (× lr²)")
 
 
-def heatmap_frame(records, output_names, *, highlight=("Black_Hair", "Brown_Hair"), percentile: float = 99.0):
+def _bracket_examples(records, n_rows: int) -> int:
+    """How many batch rows are bracket examples (they are the batch's first images)."""
+    n_examples = 1 + max(max(p) for p in records.pairs)
+    if n_examples > n_rows:
+        raise ValueError(f"pairs {records.pairs} name examples beyond the {n_rows} batch rows; the bracket examples "
+                         "must be the first images of the pushforward batch.")
+    return n_examples
+
+
+def _check_lr(lr: float) -> None:
+    if not lr > 0:
+        raise ValueError(f"lr must be positive (the run's learning rate, e.g. profile.lr), got {lr}.")
+
+
+def heatmap_frame(records, output_names, *, lr: float, highlight=("Black_Hair", "Brown_Hair"),
+                  percentile: float = 99.0):
     """A figure for one (checkpoint, pair) and a function update(checkpoint, pair) that redraws it.
 
-    Top: the chosen bracket pushed onto the fixed batch's outputs (batch examples × outputs),
-    symmetric colour scale per frame. Bottom: every pair's mean |perturbation| over the batch,
+    Top: the chosen bracket pushed onto the fixed batch's outputs (batch examples × outputs), on a
+    symmetric colour scale fixed over the pair's checkpoints (at `percentile` of |value|), the
+    pair's own example rows boxed. Bottom: every pair's mean |perturbation| over the batch,
     per output, divided by that pair's median output (log scale; > 1: perturbed more than
-    the pair's typical output), with the chosen pair's row marked.
+    the pair's typical output), with the chosen pair's row marked. lr: the run's learning rate.
     """
+    _check_lr(lr)
     output_names = list(output_names)
     pairs = list(records.pairs)
-    fig = plt.figure(figsize=(9.5, 8.5))
+    n_rows = records.logit_perturbation.shape[2]
+    n_examples = _bracket_examples(records, n_rows)
+    fig = plt.figure(figsize=(9.5, 9))
     grid = fig.add_gridspec(2, 2, height_ratios=[32, len(pairs) * 1.2], width_ratios=[40, 1.2],
                             hspace=0.08, wspace=0.04)
     ax, cax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     ax_pairs, cax_pairs = fig.add_subplot(grid[1, 0], sharex=ax), fig.add_subplot(grid[1, 1])
     image, colorbar = _signed_heatmap(ax, cax, np.zeros(records.logit_perturbation.shape[2:]), output_names,
-                                      highlight, percentile)
+                                      highlight, 1.0)
+    boxes = _row_boxes(ax, len(output_names))
     ax.tick_params(labelbottom=False)
     relative = summaries.ratio_to_median(summaries.pair_attribute_magnitude(records.logit_perturbation)).numpy()
     pair_image = ax_pairs.imshow(relative[0], cmap="magma", norm=LogNorm(0.1, 10), aspect="auto",
@@ -136,18 +184,21 @@ def heatmap_frame(records, output_names, *, highlight=("Black_Hair", "Brown_Hair
     fig.colorbar(pair_image, cax=cax_pairs, extend="both").set_label("÷ pair's median", fontsize=8)
     _outline_columns(ax_pairs, output_names, highlight, len(pairs), colour="w")
     marker = ax_pairs.add_patch(Rectangle((-0.5, -0.5), len(output_names), 1, fill=False, edgecolor="C2", lw=2))
-    ax_pairs.set_yticks(range(len(pairs)), [pair_label(p) for p in pairs], fontsize=6)
+    ax_pairs.set_yticks(range(len(pairs)), [pair_label(p) for p in pairs], fontsize=TICK_FONTSIZE)
     ax_pairs.set_ylabel("bracket")
     ax_pairs.grid(False)
     _label_outputs(ax_pairs, output_names, highlight)
     title = fig.suptitle("", y=0.93)
+    limits = [color_limit(records.logit_perturbation[:, p].numpy(), percentile) for p in range(len(pairs))]
 
     def update(checkpoint: int, pair: int):
         values = records.logit_perturbation[checkpoint, pair].numpy()
-        limit = color_limit(values, percentile)
         image.set_data(values)
-        image.set_clim(-limit, limit)
-        colorbar.set_label(_signed_label(percentile, limit), fontsize=8)
+        image.set_clim(-limits[pair], limits[pair])
+        colorbar.set_label(signed_label(limits[pair], lr, percentile, f"all {len(records.steps)} checkpoints"),
+                           fontsize=8)
+        _label_rows(ax, pairs[pair], n_rows, n_examples)
+        _place_row_boxes(boxes, pairs[pair])
         pair_image.set_data(relative[checkpoint])
         marker.set_y(pair - 0.5)
         title.set_text(f"Bracket {pair_label(pairs[pair])} pushed onto {values.shape[0]} images' outputs · "
@@ -157,24 +208,39 @@ def heatmap_frame(records, output_names, *, highlight=("Black_Hair", "Brown_Hair
     return fig, update
 
 
-def plot_logit_heatmaps(records, pair: int, checkpoints, output_names, *, highlight=("Black_Hair", "Brown_Hair"),
-                        percentile: float = 99.0):
-    """A static 2 × 2 (or 1 × n) grid: one pair's perturbation heatmap at each of the given checkpoint indices."""
+def plot_logit_heatmaps(records, pair: int, checkpoints, output_names, *, lr: float,
+                        highlight=("Black_Hair", "Brown_Hair"), percentile: float = 99.0):
+    """A static 2 × 2 (or 1 × n) grid: one pair's perturbation heatmap at each of the given checkpoint indices.
+
+    One colour scale for all panels (`percentile` of |value| over them), one colour bar stating it per
+    unit ε² and in logits at the run's learning rate `lr`; the pair's own example rows boxed and marked ▶.
+    """
+    _check_lr(lr)
     output_names = list(output_names)
+    n_rows = records.logit_perturbation.shape[2]
+    n_examples = _bracket_examples(records, n_rows)
+    values = records.logit_perturbation[list(checkpoints), pair].numpy()
+    limit = color_limit(values, percentile)
     n_cols = 2 if len(checkpoints) == 4 else len(checkpoints)
-    n_rows = int(np.ceil(len(checkpoints) / n_cols))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(7.5 * n_cols, 5 * n_rows), squeeze=False)
-    for ax, c in zip(axes.flat, checkpoints):
-        values = records.logit_perturbation[c, pair].numpy()
-        cax = ax.inset_axes([1.02, 0, 0.025, 1])
-        _, colorbar = _signed_heatmap(ax, cax, values, output_names, highlight, percentile)
-        colorbar.set_label(_signed_label(percentile, color_limit(values, percentile)), fontsize=7)
+    n_panel_rows = int(np.ceil(len(checkpoints) / n_cols))
+    fig, axes = plt.subplots(n_panel_rows, n_cols, figsize=(7 * n_cols + 1.5, 5.2 * n_panel_rows), squeeze=False,
+                             layout="constrained")
+    for ax, c, frame in zip(axes.flat, checkpoints, values):
+        image = ax.imshow(frame, cmap=SIGNED_CMAP, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
+        _outline_columns(ax, output_names, highlight, n_rows)
+        _place_row_boxes(_row_boxes(ax, len(output_names)), records.pairs[pair])
+        _label_rows(ax, records.pairs[pair], n_rows, n_examples)
         _label_outputs(ax, output_names, highlight)
+        ax.set_ylabel("batch image", fontsize=9)
+        ax.grid(False)
         ax.set_title(f"step {records.steps[c]}", fontsize=10)
     for ax in axes.flat[len(checkpoints):]:
         ax.set_visible(False)
-    fig.suptitle(f"Bracket {pair_label(records.pairs[pair])} pushed onto the outputs of a fixed batch")
-    fig.tight_layout()
+    colorbar = fig.colorbar(image, ax=axes, extend="both", shrink=0.6, aspect=30)
+    colorbar.set_label(signed_label(limit, lr, percentile, f"all {len(checkpoints)} panels"), fontsize=9)
+    colorbar.ax.tick_params(labelsize=8)
+    fig.suptitle(f"Bracket {pair_label(records.pairs[pair])} pushed onto the outputs of a fixed batch "
+                 f"(rows ▶ v{records.pairs[pair][0]}, ▶ v{records.pairs[pair][1]}: the bracket's own examples, boxed)")
     return fig
 
 
@@ -215,20 +281,17 @@ def heatmap_page(records, output_names, *, lr: float, caption: str, highlight=("
                          "output names: pass the output names of the loss the run trained with.")
     if missing := [name for name in highlight if name not in output_names]:
         raise ValueError(f"highlight names {missing} are not output names; choose among {output_names}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive (the run's learning rate, e.g. profile.lr), got {lr}.")
+    _check_lr(lr)
     if not 0 <= pair < n_pairs:
         raise ValueError(f"pair {pair} is not an index into the {n_pairs} pairs.")
-    if max(max(p) for p in records.pairs) >= n_rows:
-        raise ValueError(f"pairs {records.pairs} name examples beyond the {n_rows} batch rows; the bracket examples "
-                         "must be the first images of the pushforward batch.")
+    n_examples = _bracket_examples(records, n_rows)
     if row_notes is not None and len(row_notes) != n_rows:
         raise ValueError(f"row_notes has {len(row_notes)} entries; give one per batch image ({n_rows}).")
     encoded, scale = encode_frames(values)
     lut = (plt.get_cmap(SIGNED_CMAP)(np.linspace(0, 1, 256))[:, :3] * 255).round().astype(int)
     data = {
         "steps": list(records.steps), "pairs": [list(p) for p in records.pairs], "outputs": output_names,
-        "highlight": highlight, "rows": n_rows, "examples": 1 + max(max(p) for p in records.pairs),
+        "highlight": highlight, "rows": n_rows, "examples": n_examples,
         "row_notes": list(row_notes) if row_notes is not None else None, "lr": lr, "percentile": percentile,
         "pair": pair, "values": encoded, "scale": scale,
         "frame_limit": [[color_limit(values[c, p], percentile) for p in range(n_pairs)] for c in range(n_checkpoints)],
@@ -268,8 +331,8 @@ def screenshot_page(html_path, png_path, *, browser: str = "/usr/bin/chromium", 
         chromium.close()
 
 
-def interactive_heatmaps(records, output_names, *, highlight=("Black_Hair", "Brown_Hair"), percentile: float = 99.0,
-                         pair: int = 0, dpi: int = 80):
+def interactive_heatmaps(records, output_names, *, lr: float, highlight=("Black_Hair", "Brown_Hair"),
+                         percentile: float = 99.0, pair: int = 0, dpi: int = 80):
     """An ipywidgets viewer of `heatmap_frame`: a slider over checkpoints, a pair menu, the frame as an image.
 
     Live only with a running kernel. The frame is a PNG in an Image widget rather than a plot in an
@@ -278,7 +341,7 @@ def interactive_heatmaps(records, output_names, *, highlight=("Black_Hair", "Bro
     """
     import ipywidgets as widgets
 
-    fig, update = heatmap_frame(records, output_names, highlight=highlight, percentile=percentile)
+    fig, update = heatmap_frame(records, output_names, lr=lr, highlight=highlight, percentile=percentile)
     plt.close(fig)   # drawn into the Image widget only, not by the notebook's backend
     step = widgets.SelectionSlider(options=list(records.steps), value=records.steps[-1], description="step",
                                    continuous_update=False)
@@ -300,26 +363,54 @@ def interactive_heatmaps(records, output_names, *, highlight=("Black_Hair", "Bro
 
 # ----------------------------------------------------------------------------- attributes over training
 
-def plot_attribute_perturbation(summary: summaries.AttributeSummary, output_names):
-    """Left: every output's mean |logit perturbation| per step (log y), highlighted outputs in colour,
+# Colours for the labelled outputs after the highlighted ones (seaborn's colorblind C7 is grey, kept for the rest).
+LABEL_COLOURS = tuple(f"C{k}" for k in range(10) if k != 7)
+
+
+def labelled_outputs(summary: summaries.AttributeSummary, output_names) -> dict[str, int]:
+    """The outputs `plot_attribute_perturbation` names besides the highlighted ones: the other hair
+    colours, then every output that is the most perturbed at some trained checkpoint (most often
+    first, as `summaries.describe_highlighted` counts them), as many as there are colours;
+    name -> checkpoints it leads."""
+    leads = summaries.leading_outputs(summary, output_names)
+    names = [n for n in dict.fromkeys([*HAIR_COLOURS, *leads]) if n in output_names and n not in summary.names]
+    return {n: leads.get(n, 0) for n in names[:len(LABEL_COLOURS) - len(summary.names)]}
+
+
+def plot_attribute_perturbation(summary: summaries.AttributeSummary, output_names, *, lr: float):
+    """Left: every output's mean |logit perturbation| per step (log y; right axis: in logits at the
+    run's learning rate `lr`), the highlighted outputs in bold colour, the other hair colours and every
+    output that leads at some checkpoint (`labelled_outputs`) in colour and named, the rest grey,
     the median output dashed. Right: the highlighted outputs' rank among all outputs per step."""
+    _check_lr(lr)
     output_names = list(output_names)
     steps = np.asarray(summary.steps)
-    fig, (ax, ax_rank) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    n_trained = int(np.sum(steps > 0)) or len(steps)
+    leads = summaries.leading_outputs(summary, output_names)
+    named = labelled_outputs(summary, output_names)
+    fig, (ax, ax_rank) = plt.subplots(1, 2, figsize=(14, 6), gridspec_kw={"width_ratios": [3, 2]})
     for k in range(summary.magnitude.shape[1]):
-        if output_names[k] not in summary.names:
-            ax.plot(steps, summary.magnitude[:, k], color="0.75", lw=0.8, zorder=1)
-    ax.plot([], [], color="0.75", lw=0.8, label="other outputs")
+        if output_names[k] not in summary.names and output_names[k] not in named:
+            ax.plot(steps, summary.magnitude[:, k], color="0.8", lw=0.8, zorder=1)
+    ax.plot([], [], color="0.8", lw=0.8, label=f"the other {len(output_names) - len(summary.names) - len(named)} outputs")
     ax.plot(steps, summary.median, "k--", lw=1.5, label="median output", zorder=2)
+    colours = iter(c for c in LABEL_COLOURS if c not in HIGHLIGHT_COLOURS[:len(summary.names)])
+    for name, n_leads in named.items():
+        ax.plot(steps, summary.magnitude[:, output_names.index(name)], lw=1.3, color=next(colours), zorder=2.5,
+                label=f"{name} (leads at {n_leads} of {n_trained})")
     for k, (name, colour) in enumerate(zip(summary.names, HIGHLIGHT_COLOURS)):
-        ax.plot(steps, summary.magnitude[:, output_names.index(name)], "o-", ms=3.5, color=colour, lw=2,
-                label=name, zorder=3)
+        ax.plot(steps, summary.magnitude[:, output_names.index(name)], "o-", ms=3.5, color=colour, lw=2.5,
+                label=f"{name} (leads at {leads.get(name, 0)} of {n_trained})", zorder=3)
         ax_rank.plot(steps, summary.rank[:, k], "o-", ms=3.5, color=colour, lw=2,
                      label=f"{name}: median rank {summary.median_rank[name]:g}, "
                            f"{summary.median_ratio[name]:.1f}× the median output")
-    ax.set(yscale="log", xlabel="training step", ylabel="mean |logit perturbation| (per unit ε²)",
+    ax.set(yscale="log", xlabel="training step", ylabel="mean |logit perturbation| per unit ε²",
            title="Every output, mean over the brackets and batch images")
-    ax.legend(fontsize=8)
+    ax.secondary_yaxis("right", functions=(lambda v: v * lr**2, lambda v: v / lr**2)).set_ylabel(
+        f"in logits at lr = {lr:g} (× lr²)")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+              title=f"leads: the most perturbed output at that many of the {n_trained} trained checkpoints",
+              title_fontsize=7)
     n_outputs = summary.magnitude.shape[1]
     ax_rank.axhspan(0.5, summary.top + 0.5, color="C2", alpha=0.12, label=f"top {summary.top}")
     ax_rank.axhline((n_outputs + 1) / 2, color="0.4", ls=":", label="chance (median rank)")

@@ -109,13 +109,16 @@ def plot_training_curves(metrics, caption: str = "", highlight=("Black_Hair", "B
                          references=None):
     """Loss against step, and every attribute's validation accuracy with `highlight` in colour.
 
+    The accuracy is drawn twice: over its whole range 0–1 (where the untrained network and the
+    attributes the image cannot predict fall), and zoomed onto the trained `highlight` curves and
+    the mean; the zoom band is shaded on the whole-range panel and named in the zoom's title.
     metrics: lie_helpers.train.load_metrics records. references: optional {label: accuracy}
-    drawn as dotted lines on the accuracy panel (e.g. the best accuracy the data allows).
-    Returns the Figure (axes: loss, accuracy).
+    drawn as dotted lines (e.g. the best accuracy the data allows).
+    Returns the Figure (axes: loss, accuracy over 0–1, accuracy zoomed).
     """
     accuracy = accuracy_frame(metrics)
     steps = accuracy.index.to_numpy()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_acc, ax_zoom) = plt.subplots(1, 3, figsize=(17, 4.8))
 
     train = [(m["step"], m["train_loss"]) for m in metrics if m["train_loss"] is not None]
     if train:
@@ -128,22 +131,25 @@ def plot_training_curves(metrics, caption: str = "", highlight=("Black_Hair", "B
     ax_loss.legend(fontsize=8)
 
     others = accuracy.drop(columns=list(highlight))
-    ax_acc.plot(steps, others.to_numpy(), color="0.8", lw=0.8, zorder=1)
-    ax_acc.plot([], [], color="0.8", lw=0.8, label=f"the other {others.shape[1]} attributes")
     mean = np.array([m["valid_mean_accuracy"] for m in metrics])
-    ax_acc.plot(steps, mean, "k--", lw=1.5, label=f"mean of {accuracy.shape[1]} (final {mean[-1]:.3f})", zorder=2)
     second_half = steps >= steps[-1] / 2
-    for i, name in enumerate(highlight):
-        acc = accuracy[name].to_numpy()
-        ax_acc.plot(steps, acc, "o-", ms=3, lw=2, color=f"C{i}", zorder=3,
-                    label=f"{name} (final {acc[-1]:.3f}, lowest in the second half {acc[second_half].min():.3f})")
-    for j, (label, value) in enumerate((references or {}).items()):
-        ax_acc.axhline(value, color=f"C{len(highlight) + j}", ls=":", lw=1.5, label=f"{label}: {value:.3f}")
     trained = steps > 0 if len(steps) > 1 else np.ones(len(steps), bool)
-    low = min(accuracy.loc[trained, list(highlight)].min().min(), mean[trained].min())
-    ax_acc.set(xlabel="training step", ylabel="validation accuracy", title="Accuracy per attribute",
-               ylim=(max(0.0, low - 0.08), 1.005))
+    low = max(0.0, min(accuracy.loc[trained, list(highlight)].min().min(), mean[trained].min()) - 0.08)
+    for ax in (ax_acc, ax_zoom):
+        ax.plot(steps, others.to_numpy(), color="0.8", lw=0.8, zorder=1)
+        ax.plot([], [], color="0.8", lw=0.8, label=f"the other {others.shape[1]} attributes")
+        ax.plot(steps, mean, "k--", lw=1.5, label=f"mean of {accuracy.shape[1]} (final {mean[-1]:.3f})", zorder=2)
+        for i, name in enumerate(highlight):
+            acc = accuracy[name].to_numpy()
+            ax.plot(steps, acc, "o-", ms=3, lw=2, color=f"C{i}", zorder=3,
+                    label=f"{name} (final {acc[-1]:.3f}, lowest in the second half {acc[second_half].min():.3f})")
+        for j, (label, value) in enumerate((references or {}).items()):
+            ax.axhline(value, color=f"C{len(highlight) + j}", ls=":", lw=1.5, label=f"{label}: {value:.3f}")
+        ax.set(xlabel="training step", ylabel="validation accuracy")
+    ax_acc.axhspan(low, 1.005, color="C4", alpha=0.1, zorder=0, label="band zoomed at right")
+    ax_acc.set(title="Accuracy per attribute, whole range", ylim=(0, 1.005))
     ax_acc.legend(fontsize=7, loc="lower right")
+    ax_zoom.set(title=f"Zoom: accuracy {low:.2f}–1 (the shaded band at left)", ylim=(low, 1.005))
     _title(fig, caption)
     fig.tight_layout()
     return fig

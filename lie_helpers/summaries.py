@@ -170,6 +170,15 @@ def most_perturbed(magnitude_row, output_names, n: int = 3) -> list[str]:
     return [output_names[i] for i in np.argsort(-np.asarray(magnitude_row), kind="stable")[:n]]
 
 
+def leading_outputs(summary: AttributeSummary, output_names) -> dict[str, int]:
+    """Each output that is the most perturbed at some trained checkpoint (step > 0), with how many
+    checkpoints it leads, most often first (ties: the earlier leader first)."""
+    trained = [c for c, step in enumerate(summary.steps) if step > 0] or list(range(len(summary.steps)))
+    leaders = [most_perturbed(summary.magnitude[c], output_names, 1)[0] for c in trained]
+    counts = {name: leaders.count(name) for name in dict.fromkeys(leaders)}
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
 def describe_highlighted(summary: AttributeSummary, output_names) -> str:
     """A paragraph, generated from `summary`, on how its outputs rank among all outputs.
 
@@ -186,9 +195,8 @@ def describe_highlighted(summary: AttributeSummary, output_names) -> str:
                      f"(chance {chance:.0%}; median rank {summary.median_rank[name]:g}), perturbed a median "
                      f"{summary.median_ratio[name]:.1f}× as much as the median output (range "
                      f"{ratio.min():.1f}–{ratio.max():.1f}×).")
-    leaders = [most_perturbed(summary.magnitude[c], output_names, 1)[0] for c in trained]
-    counts = {name: leaders.count(name) for name in dict.fromkeys(leaders)}
-    leader, times = max(counts.items(), key=lambda item: item[1])
+    counts = leading_outputs(summary, output_names)
+    leader, times = next(iter(counts.items()))
     parts.append(f"The most perturbed output is {leader} at every trained checkpoint." if len(counts) == 1 else
                  f"The most perturbed output changes between checkpoints: {len(counts)} different outputs lead, "
                  f"{leader} most often ({times} of {n}).")

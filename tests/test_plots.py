@@ -40,26 +40,42 @@ def test_accuracy_frame_has_one_row_per_step_and_one_column_per_attribute():
 def test_training_curves_draw_losses_and_highlighted_accuracies():
     metrics = fake_metrics()
     fig = plot_training_curves(metrics, "a title", references={"Bayes limit": 0.97})
-    ax_loss, ax_acc = fig.axes
+    ax_loss, ax_acc, ax_zoom = fig.axes
     assert fig._suptitle.get_text() == "a title"
     # training loss skips step 0 (no steps taken yet); validation loss has every checkpoint
     train_line, valid_line = ax_loss.get_lines()
     assert list(train_line.get_xdata()) == [10, 20, 30]
     np.testing.assert_allclose(valid_line.get_ydata(), [m["valid_loss"] for m in metrics])
-    # 38 grey lines, the mean, two highlighted attributes and the reference line
-    labels = [line.get_label() for line in ax_acc.get_lines()]
-    black = next(line for line in ax_acc.get_lines() if line.get_label().startswith("Black_Hair"))
-    np.testing.assert_allclose(black.get_ydata(), [0.95, 0.95, 0.7, 0.95])
-    assert "lowest in the second half 0.700" in black.get_label()
-    assert any(label.startswith("Brown_Hair") for label in labels)
-    assert any(label.startswith("Bayes limit: 0.970") for label in labels)
-    assert len(ax_acc.get_lines()) == 38 + 1 + 1 + 2 + 1   # others, their legend handle, mean, highlighted, reference
-    assert ax_acc.get_ylim()[0] <= 0.7
+    for ax in (ax_acc, ax_zoom):   # the same curves on both: 38 grey lines, the mean, two highlighted, the reference
+        labels = [line.get_label() for line in ax.get_lines()]
+        black = next(line for line in ax.get_lines() if line.get_label().startswith("Black_Hair"))
+        np.testing.assert_allclose(black.get_ydata(), [0.95, 0.95, 0.7, 0.95])
+        assert "lowest in the second half 0.700" in black.get_label()
+        assert any(label.startswith("Brown_Hair") for label in labels)
+        assert any(label.startswith("Bayes limit: 0.970") for label in labels)
+        assert len(ax.get_lines()) == 38 + 1 + 1 + 2 + 1   # others, their legend handle, mean, highlighted, reference
+    assert ax_zoom.get_ylim()[0] <= 0.7
+
+
+def test_training_curves_show_the_whole_accuracy_range_and_say_where_they_zoom():
+    metrics = fake_metrics()
+    metrics[0]["valid_accuracy"]["Bald"] = 0.03   # untrained: far below the rest
+    metrics[2]["valid_accuracy"]["Attractive"] = 0.45   # a trained noise attribute
+    fig = plot_training_curves(metrics, "ranges")
+    _, ax_acc, ax_zoom = fig.axes
+    drawn = np.concatenate([line.get_ydata() for line in ax_acc.get_lines() if len(line.get_ydata())])
+    low, high = ax_acc.get_ylim()
+    assert low <= drawn.min() == 0.03 and high >= drawn.max()   # nothing cut on the whole-range panel
+    zoom_low, zoom_high = ax_zoom.get_ylim()
+    assert 0.45 < zoom_low <= 0.7 and zoom_high >= 0.95
+    assert f"{zoom_low:.2f}" in ax_zoom.get_title()   # the zoom says where its axis starts ...
+    band = next(p for p in ax_acc.patches if p.get_label() == "band zoomed at right")   # ... and shades its band
+    assert band.get_bbox().y0 == pytest.approx(zoom_low)
 
 
 def test_training_curves_accept_a_single_checkpoint():
     fig = plot_training_curves(fake_metrics(steps=(0,)), "only step 0")
-    assert len(fig.axes) == 2
+    assert len(fig.axes) == 3
 
 
 def test_image_grid_shows_n_images_with_labels_and_marks():

@@ -134,3 +134,16 @@ def test_the_generated_reading_follows_the_numbers(hair_factor, verdict):
     assert f"they are {verdict}" in text
     for k, name in enumerate(HAIR):
         assert f"median rank {summary.median_rank[name]:g}" in text
+
+
+def test_leading_outputs_count_the_most_perturbed_output_of_each_trained_checkpoint():
+    records = synthetic_records()
+    summary = summaries.summarise_attributes(records, ATTRIBUTES, HAIR, top=2)
+    counts = summaries.leading_outputs(summary, ATTRIBUTES)
+    expected = {}
+    for c, step in enumerate(summary.steps):   # brute force: argmax per trained checkpoint
+        if step > 0:
+            name = ATTRIBUTES[int(np.argmax(summary.magnitude[c]))]
+            expected[name] = expected.get(name, 0) + 1
+    assert counts == expected and sum(counts.values()) == len(STEPS) - 1
+    assert list(counts.values()) == sorted(counts.values(), reverse=True)
