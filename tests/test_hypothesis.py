@@ -10,7 +10,7 @@ from lie_helpers import celeba, hypothesis as hyp
 from lie_helpers.analysis import load_run_brackets
 from lie_helpers.attributes import ATTRIBUTES
 from lie_helpers.config import get_profile, run_paths
-from lie_helpers.losses import HAIR_INDEX, OTHER_INDEX
+from lie_helpers.losses import HAIR_INDEX, OTHER_INDEX, get_loss
 from lie_helpers.train import list_checkpoints, load_checkpoint, train
 
 torch.set_num_threads(1)
@@ -76,7 +76,7 @@ def categorical_attribute_scores(z, scale):
     return out
 
 
-@pytest.mark.parametrize("scale", hyp.PERTURBATION_SCALES)
+@pytest.mark.parametrize("scale", ["log_odds", "log_prob"])
 def test_attribute_perturbations_match_autograd(scale):
     z, dz = random_logits(3, 41)
     torch.testing.assert_close(hyp.attribute_perturbations("categorical_hair", dz, z, scale),
@@ -86,6 +86,54 @@ def test_attribute_perturbations_match_autograd(scale):
     binary = (lambda t: t) if scale == "log_odds" else torch.nn.functional.logsigmoid
     torch.testing.assert_close(hyp.attribute_perturbations("independent", dz, z, scale),
                                jvp(binary, (z,), (dz,))[1], rtol=1e-12, atol=1e-12)
+
+
+def makeup_attribute_probabilities(z):
+    """p(attribute present) [..., 40] of the exclusive_makeup control, written out: σ for 38, softmax for 2."""
+    loss_fn = get_loss("exclusive_makeup")
+    out = torch.zeros(*z.shape[:-1], 40, dtype=z.dtype)
+    out[..., loss_fn.binary_index] = torch.sigmoid(z[..., :38])
+    out[..., loss_fn.group_index[0]] = z[..., 38:].softmax(-1)[..., :2]
+    return out
+
+
+def test_softmax_groups_of_any_loss_map_to_their_attributes():
+    z, dz = random_logits(3, 41)
+    p = makeup_attribute_probabilities(z)
+    torch.testing.assert_close(hyp.attribute_log_odds("exclusive_makeup", z), (p / (1 - p)).log())
+    for scale, score in (("log_odds", lambda t: torch.logit(makeup_attribute_probabilities(t))),
+                         ("log_prob", lambda t: makeup_attribute_probabilities(t).log())):
+        torch.testing.assert_close(hyp.attribute_perturbations("exclusive_makeup", dz, z, scale),
+                                   jvp(score, (z,), (dz,))[1], rtol=1e-10, atol=1e-10)
+
+
+def bernoulli_kl(p, q):
+    return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
+
+
+@pytest.mark.parametrize("loss, n_outputs", [("independent", 40), ("categorical_hair", 41), ("exclusive_makeup", 41)])
+def test_fisher_scale_is_the_root_of_twice_the_kl_of_each_attribute(loss, n_outputs):
+    """|fisher| = √(2 KL(p_k ‖ p_k + dp_k)) to first order in the step, for sigmoid and softmax outputs alike."""
+    z, dz = random_logits(4, n_outputs, scale=1.5)
+    probability = lambda t: torch.sigmoid(hyp.attribute_log_odds(loss, t))       # noqa: E731
+    fisher = hyp.attribute_perturbations(loss, dz, z, "fisher")
+    for eps in (1e-4, 1e-5):
+        p, q = probability(z), probability(z + eps * dz)
+        kl_root = (2 * bernoulli_kl(p, q)).sqrt() * torch.sign(q - p) / eps
+        torch.testing.assert_close(fisher, kl_root, rtol=30 * eps, atol=30 * eps)
+
+
+def test_fisher_scale_ignores_a_shared_shift_of_a_softmax_group():
+    z, dz = random_logits(5, 41)
+    for loss in ("categorical_hair", "exclusive_makeup"):
+        group = get_loss(loss).group_slices()[0]
+        shift = torch.zeros(5, 41, dtype=DTYPE)
+        shift[:, group] = torch.randn(5, 1, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+        base = hyp.attribute_perturbations(loss, dz, z, "fisher")
+        torch.testing.assert_close(hyp.attribute_perturbations(loss, dz + shift, z, "fisher"), base, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(hyp.attribute_perturbations(loss, dz, z + 7 * shift, "fisher"), base,
+                                   rtol=1e-10, atol=1e-12)
+    assert hyp.SCALES[0] == "fisher"
 
 
 def test_attribute_perturbations_broadcast_logits_over_pairs_and_check_names():
@@ -178,15 +226,15 @@ def summary(effect_a, difference, ambiguity_a=(0.0, -0.1, 0.1)):
 
 
 def test_verdict_follows_the_intervals():
-    supported = hyp.verdict({"log_odds": summary((1.0, 0.5, 1.5), (1.0, 0.4, 1.6), (0.5, 0.2, 0.8)),
+    supported = hyp.verdict({"fisher": summary((1.0, 0.5, 1.5), (1.0, 0.4, 1.6), (0.5, 0.2, 0.8)),
                              "log_prob": summary((1.0, 0.5, 1.5), (0.5, 0.1, 0.9))})
     text = " ".join(supported)
     assert len(supported) == 4
     assert "reproduced." in text and "stands out" in text and "as the hypothesis predicts" in text
     assert "reads the same" in text and "AUROC 0.90 [0.80, 1.00]" in text and "×10.00" in text
-    unclear = " ".join(hyp.verdict({"log_odds": summary((0.1, -0.2, 0.4), (0.1, -0.3, 0.5))}))
+    unclear = " ".join(hyp.verdict({"fisher": summary((0.1, -0.2, 0.4), (0.1, -0.3, 0.5))}))
     assert "not reproduced" in unclear and "does not stand out" in unclear and "includes zero" in unclear
-    against = " ".join(hyp.verdict({"log_odds": summary((1.0, 0.5, 1.5), (-1.0, -1.6, -0.4)),
+    against = " ".join(hyp.verdict({"fisher": summary((1.0, 0.5, 1.5), (-1.0, -1.6, -0.4)),
                                     "log_prob": summary((1.0, 0.5, 1.5), (0.2, -0.1, 0.5))}))
     assert "against the hypothesis" in against and "does not read the same" in against
     assert hyp.ci_text((0.123, -0.05, 0.3)) == "+0.12 [-0.05, +0.30]"
@@ -254,14 +302,15 @@ def test_end_to_end_on_tiny_runs(tmp_path):
     assert late.tables["auroc"]["categorical_hair"][0, 0] == comparison.tables["auroc"]["categorical_hair"][0, 1]
     summaries = {scale: hyp.compare([hyp.run_magnitudes(r, steps, scale) for r in runs], hyp.HAIR_PAIR).summary(200)
                  for scale in hyp.SCALES}
-    assert set(summaries["log_odds"]) == {f"{q} {k}" for q in hyp.QUANTITIES for k in (*hyp.LOSS_NAMES, "difference")}
+    assert set(summaries["fisher"]) == {f"{q} {k}" for q in hyp.QUANTITIES for k in (*hyp.LOSS_NAMES, "difference")}
     assert all(low <= mean <= high for s in summaries.values() for mean, low, high in s.values())
     assert len(hyp.verdict(summaries)) == 4
     # log_odds_per_spread: the log-odds magnitudes divided by each attribute's log-odds spread over the batch.
     record = load_run_brackets(runs[1].profile, runs[1].run_dir)
     spread = hyp.attribute_log_odds("categorical_hair", record.batch_logits[1:]).std(dim=1).log10().numpy()
     per_spread = hyp.run_magnitudes(runs[1], steps, "log_odds_per_spread").log_magnitudes
-    np.testing.assert_allclose(per_spread, magnitudes[1].log_magnitudes - spread, rtol=1e-12)
+    log_odds = hyp.run_magnitudes(runs[1], steps, "log_odds").log_magnitudes
+    np.testing.assert_allclose(per_spread, log_odds - spread, rtol=1e-12)
     with pytest.raises(ValueError, match="no bracket records"):
         hyp.run_magnitudes(runs[1], [3])
     with pytest.raises(ValueError, match="scale"):
