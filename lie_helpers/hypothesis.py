@@ -19,7 +19,8 @@ Bracket magnitudes are heavy-tailed and two losses give two different dynamics, 
 comparison is made within one model and checkpoint first: the hair magnitude against
 control attributes (effect size, log10 ratio), against the unconfusable hair colours
 (ambiguity contrast) and against all other attributes (AUROC); then those numbers are
-compared across losses, paired by seed and checkpoint, with a bootstrap over seeds.
+averaged over each run's checkpoints and compared across losses, paired by seed
+(lie_helpers.stats: t intervals, sign-flip tests, Holm).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from .config import Profile, data_dir
 from .generated_celeba import read_ground_truth
 from .losses import get_loss
 from .run_folder import RunPaths
+from .stats import auroc, t_interval
 from .train import list_checkpoints, train
 
 LOSS_NAMES = ("independent", "categorical_hair")
@@ -210,33 +212,6 @@ def ambiguity_contrast(log_magnitudes: np.ndarray) -> np.ndarray:
             - log_magnitudes[..., attribute_mask(UNAMBIGUOUS_HAIR)].mean(-1))
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """Area under the ROC curve of `scores` [..., 40] for the `positive` attributes against the rest (ties count ½).
-
-    The probability that a positive attribute outranks a negative one: 1 singles out the
-    positives perfectly, 0.5 is chance.
-    """
-    pos, neg = scores[..., positive, None], scores[..., None, ~positive]
-    return ((pos > neg) + 0.5 * (pos == neg)).mean(axis=(-1, -2))
-
-
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 10_000, level: float = 0.95, seed: int = 0):
-    """(mean, low, high) of values [seeds, checkpoints], by a two-level bootstrap.
-
-    Resample seeds with replacement, then checkpoints within each resampled seed: seeds are
-    the independent unit, checkpoints of one run are repeated measurements of it. With three
-    seeds the interval is coarse; it is meant to be.
-    """
-    values = np.asarray(values, float)
-    rng = np.random.default_rng(seed)
-    n_seeds, n_ckpt = values.shape
-    seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))
-    ckpts = rng.integers(0, n_ckpt, (n_boot, n_seeds, n_ckpt))
-    means = values[seeds[..., None], ckpts].mean(axis=(1, 2))
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(values.mean()), float(low), float(high)
-
-
 # ----------------------------------------------------------------------------- ground truth
 
 def ambiguous_filenames(P: Profile) -> set[str]:
@@ -317,15 +292,15 @@ class Comparison:
     steps: list
     tables: dict
 
-    def summary(self, n_boot: int = 10_000) -> dict:
-        """'<quantity> <loss>' and '<quantity> difference' ((a) − (b), paired by seed and checkpoint)
-        -> (mean, low, high), a 95% bootstrap interval."""
+    def summary(self, level: float = 0.95) -> dict:
+        """'<quantity> <loss>' and '<quantity> difference' ((a) − (b), paired by seed) -> (mean, low, high):
+        checkpoints averaged within each run, then a Student-t interval over seeds (lie_helpers.stats)."""
         a, b = LOSS_NAMES
         rows = {}
         for name, table in self.tables.items():
             for loss in LOSS_NAMES:
-                rows[f"{name} {loss}"] = bootstrap_mean_ci(table[loss], n_boot)
-            rows[f"{name} difference"] = bootstrap_mean_ci(table[a] - table[b], n_boot)
+                rows[f"{name} {loss}"] = t_interval(table[loss], level)
+            rows[f"{name} difference"] = t_interval(table[a] - table[b], level)
         return rows
 
 

@@ -9,7 +9,8 @@ repeated measurements of it, so they are averaged within the run first (`seed_me
 * `t_interval`: Student-t interval of the mean over seeds, the interval whose coverage
   `interval_coverage` checks (the bootstrap covers too little with a handful of seeds);
 * `bootstrap_interval`: scipy's BCa bootstrap over seeds, percentile where BCa is undefined;
-* `auroc_null`: a detection AUROC and its permutation null over which attributes are positive.
+* `auroc`, `auroc_null`: a detection AUROC and its permutation null over which attributes are positive;
+* `contrasts`: a family of pre-registered paired contrasts: mean, t interval, sign-flip p, Holm p.
 """
 from __future__ import annotations
 
@@ -112,8 +113,9 @@ def interval_coverage(method: str, sample, true_mean: float, n_simulations: int 
     return hits / n_simulations
 
 
-def _auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """AUROC of scores [..., attributes] for the boolean `positive` against the rest (ties count ½)."""
+def auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Area under the ROC curve of `scores` [..., attributes] for the `positive` attributes (boolean mask) against
+    the rest, ties counting ½: the probability that a positive attribute outranks a negative one."""
     pos, neg = scores[..., positive, None], scores[..., None, ~positive]
     return ((pos > neg) + 0.5 * (pos == neg)).mean(axis=(-1, -2))
 
@@ -153,8 +155,24 @@ def auroc_null(scores, positive, eligible=None, n_resamples: int = 9999, seed: i
         draws = np.stack([rng.choice(candidates, k, replace=False) for _ in range(n_resamples)])
     masks = np.zeros((len(draws), len(positive)), bool)
     np.put_along_axis(masks, draws, True, axis=1)
-    null = np.array([_auroc(scores, mask).mean() for mask in masks])
-    observed = float(_auroc(scores, positive).mean())
+    null = np.array([auroc(scores, mask).mean() for mask in masks])
+    observed = float(auroc(scores, positive).mean())
     above = int((null >= observed - 1e-12).sum())
     p_value = above / len(null) if exact else (1 + above) / (1 + len(null))
     return {"auroc": observed, "null_mean": float(null.mean()), "p_value": p_value, "null": null, "exact": exact}
+
+
+def contrasts(family: dict, level: float = 0.95, alternative: str = "two-sided") -> dict:
+    """name -> (a, b) paired by seed (b None: a against 0) -> name -> {mean, low, high, p, p_holm}.
+
+    The family is the set of contrasts written down before the results; Holm controls its
+    family-wise error. Intervals are t_interval's, p-values sign_flip_test's.
+    """
+    rows = {}
+    for name, (a, b) in family.items():
+        d = seed_means(a) - (0 if b is None else seed_means(b))
+        mean, low, high = t_interval(d, level)
+        rows[name] = {"mean": mean, "low": low, "high": high, "p": sign_flip_test(d, alternative=alternative)}
+    for row, adjusted in zip(rows.values(), holm([row["p"] for row in rows.values()])):
+        row["p_holm"] = float(adjusted)
+    return rows

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from torch.func import jvp
 
@@ -180,13 +181,15 @@ def test_hair_vs_controls_is_a_log_ratio_to_the_median_control():
     assert hyp.hair_vs_controls(np.stack([log_m, log_m - 1])).tolist() == pytest.approx([2.0, 2.0])
 
 
-def test_bootstrap_interval():
-    constant = np.full((3, 4), 0.7)
-    assert hyp.bootstrap_mean_ci(constant) == pytest.approx((0.7, 0.7, 0.7))
-    values = np.array([[0.0, 0.2], [1.0, 1.2], [2.0, 2.2]])
-    mean, low, high = hyp.bootstrap_mean_ci(values, seed=3)
-    assert mean == pytest.approx(1.1) and 0.0 <= low < mean < high <= 2.2
-    assert hyp.bootstrap_mean_ci(values, seed=3) == (mean, low, high)       # seeded: reproducible
+def test_summary_is_a_t_interval_of_seed_means_paired_by_seed():
+    rng = np.random.default_rng(0)
+    tables = {q: {loss: rng.normal(size=(4, 3)) for loss in hyp.LOSS_NAMES} for q in hyp.QUANTITIES}
+    rows = hyp.Comparison([0, 1, 2, 3], [0, 10, 20], tables).summary()
+    a, b = (tables["effect"][loss].mean(1) for loss in hyp.LOSS_NAMES)
+    d = a - b
+    half = scipy.stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert rows["effect difference"] == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
+    assert rows["effect independent"][0] == pytest.approx(a.mean())
 
 
 def test_group_aurocs_average_over_seeds_and_late_checkpoints():
@@ -262,7 +265,7 @@ def random_split(n, size, seed):
 
 
 TINY = dict(image_size=16, width=0.125, steps=4, checkpoint_every=2, batch_size=8, eval_images=16,
-            bracket_examples=3, pushforward_batch=5, seeds=(0,))
+            bracket_examples=3, pushforward_batch=5, seeds=(0, 1))
 
 
 def test_thinning_checkpoints_keeps_the_trajectory(tmp_path):
@@ -288,33 +291,33 @@ def test_end_to_end_on_tiny_runs(tmp_path):
     runs = hyp.hypothesis_runs(P, paths)
     seconds = hyp.train_and_analyse(runs, Split(random_split(32, 16, 0)), Split(random_split(16, 16, 1)),
                                     Split(random_split(8, 16, 2)), progress=False)
-    assert set(seconds) == {("independent", 0), ("categorical_hair", 0)}
+    assert set(seconds) == {(loss, seed) for loss in hyp.LOSS_NAMES for seed in (0, 1)}
     steps = hyp.matched_steps(runs, from_step=2)
     assert steps == [2, 4]
     magnitudes = [hyp.run_magnitudes(r, steps) for r in runs]
-    assert magnitudes[0].log_magnitudes.shape == (2, 40) and np.isfinite(magnitudes[1].log_magnitudes).all()
-    assert np.isnan(magnitudes[0].common_mode) and 0 <= magnitudes[1].common_mode <= 1
+    assert magnitudes[0].log_magnitudes.shape == (2, 40) and np.isfinite(magnitudes[2].log_magnitudes).all()
+    assert np.isnan(magnitudes[0].common_mode) and 0 <= magnitudes[2].common_mode <= 1
     comparison = hyp.compare(magnitudes, hyp.HAIR_PAIR)
     assert set(comparison.tables) == set(hyp.QUANTITIES) and comparison.steps == steps
-    assert comparison.tables["effect"]["independent"].shape == (1, 2)
+    assert comparison.tables["effect"]["independent"].shape == (2, 2)
     late = hyp.compare(magnitudes, hyp.HAIR_PAIR, from_step=4)
     assert late.steps == [4]
     assert late.tables["auroc"]["categorical_hair"][0, 0] == comparison.tables["auroc"]["categorical_hair"][0, 1]
-    summaries = {scale: hyp.compare([hyp.run_magnitudes(r, steps, scale) for r in runs], hyp.HAIR_PAIR).summary(200)
+    summaries = {scale: hyp.compare([hyp.run_magnitudes(r, steps, scale) for r in runs], hyp.HAIR_PAIR).summary()
                  for scale in hyp.SCALES}
     assert set(summaries["fisher"]) == {f"{q} {k}" for q in hyp.QUANTITIES for k in (*hyp.LOSS_NAMES, "difference")}
     assert all(low <= mean <= high for s in summaries.values() for mean, low, high in s.values())
     assert len(hyp.verdict(summaries)) == 4
     # log_odds_per_spread: the log-odds magnitudes divided by each attribute's log-odds spread over the batch.
-    record = load_run_brackets(runs[1].profile, runs[1].run_dir)
+    record = load_run_brackets(runs[2].profile, runs[2].run_dir)
     spread = hyp.attribute_log_odds("categorical_hair", record.batch_logits[1:]).std(dim=1).log10().numpy()
-    per_spread = hyp.run_magnitudes(runs[1], steps, "log_odds_per_spread").log_magnitudes
-    log_odds = hyp.run_magnitudes(runs[1], steps, "log_odds").log_magnitudes
+    per_spread = hyp.run_magnitudes(runs[2], steps, "log_odds_per_spread").log_magnitudes
+    log_odds = hyp.run_magnitudes(runs[2], steps, "log_odds").log_magnitudes
     np.testing.assert_allclose(per_spread, log_odds - spread, rtol=1e-12)
     with pytest.raises(ValueError, match="no bracket records"):
-        hyp.run_magnitudes(runs[1], [3])
+        hyp.run_magnitudes(runs[2], [3])
     with pytest.raises(ValueError, match="scale"):
-        hyp.run_magnitudes(runs[1], steps, "logits")
+        hyp.run_magnitudes(runs[2], steps, "logits")
 
 
 def test_attribute_groups_come_from_the_generated_ground_truth(tmp_path):

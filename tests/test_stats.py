@@ -135,3 +135,14 @@ def test_auroc_null_among_live_outputs_is_above_one_half():
         S.auroc_null(scores, positive, eligible=~live)
     with pytest.raises(ValueError, match="masks"):
         S.auroc_null(scores, positive[:39])
+
+
+def test_contrasts_apply_holm_to_the_family():
+    rng = np.random.default_rng(4)
+    a, b, c = rng.normal(1, 1, (6, 3)), rng.normal(0, 1, (6, 3)), rng.normal(0, 1, 6)
+    rows = S.contrasts({"a − b": (a, b), "c": (c, None)})
+    d = a.mean(1) - b.mean(1)
+    assert (rows["a − b"]["mean"], rows["a − b"]["low"], rows["a − b"]["high"]) == pytest.approx(S.t_interval(d))
+    assert rows["a − b"]["p"] == pytest.approx(brute_force_sign_flip(d))
+    assert rows["c"]["p"] == pytest.approx(brute_force_sign_flip(c))
+    assert [r["p_holm"] for r in rows.values()] == pytest.approx(S.holm([r["p"] for r in rows.values()]))
