@@ -42,7 +42,7 @@ from .run_folder import RunPaths
 from .stats import auroc, t_interval
 from .train import list_checkpoints, train
 
-LOSS_NAMES = ("independent", "categorical_hair")
+LOSS_NAMES = ("independent", "categorical_hair_matched")
 HAIR_PAIR = ("Black_Hair", "Brown_Hair")            # exclusive and confusable (generated ground truth)
 CORRELATED_CONTROLS = ("Heavy_Makeup", "Wearing_Lipstick")  # phi 0.83 in the generated data, never exclusive
 NOISE_CONTROL = "Attractive"                        # drawn independently of everything, not drawn on the face

@@ -5,12 +5,13 @@ outside its `softmax_groups`, in CelebA's order, then for each group its members
 last "none of them" logit under one softmax.
 
 * `independent`: the write-up's loss, 40 binary cross-entropies, no group.
-* `categorical_hair`: the four hair colours as one categorical variable (softmax over black,
-  blond, brown, gray, none), matched to `independent`'s gradient scale (weight 1, see
+* `categorical_hair_matched`: the four hair colours as one categorical variable (softmax over
+  black, blond, brown, gray, none), matched to `independent`'s gradient scale (weight 1, see
   `SoftmaxGroupLoss`); it fits data in which hair colours are mutually exclusive.
-* `categorical_hair_x4`: the same with the hair cross-entropy weighted 4 (the loss of the first
-  study, "counts like the four binary terms it replaces"): a sensitivity check only, its hair
-  logit gradient is about 4× `independent`'s.
+* `categorical_hair_x4`: the same with the hair cross-entropy weighted 4 (the first study's
+  `categorical_hair`, "counts like the four binary terms it replaces"): a sensitivity check
+  only, its hair logit gradient is about 4× `independent`'s. The old name is retired so that
+  runs stored under it are not taken for either.
 * `exclusive_makeup`: a positive control that is mis-specified: one softmax over Heavy_Makeup,
   Wearing_Lipstick and neither, although the two co-occur.
 
@@ -117,12 +118,12 @@ class IndependentBCE(SoftmaxGroupLoss):
 class CategoricalHair(SoftmaxGroupLoss):
     """36 independent logits, then 5 hair logits (black, blond, brown, gray, none) under one softmax, weight 1."""
 
-    name = "categorical_hair"
+    name = "categorical_hair_matched"
     softmax_groups = (HAIR_COLOURS,)
 
 
 class CategoricalHairX4(CategoricalHair):
-    """`categorical_hair` with the hair cross-entropy weighted 4: a sensitivity check for the weight."""
+    """`categorical_hair_matched` with the hair cross-entropy weighted 4: a sensitivity check for the weight."""
 
     name = "categorical_hair_x4"
     group_weight = 4.0
@@ -145,7 +146,13 @@ class ExclusiveMakeup(SoftmaxGroupLoss):
 LOSSES = {loss.name: loss for loss in (IndependentBCE, CategoricalHair, CategoricalHairX4, ExclusiveMakeup)}
 
 
+RETIRED = {"categorical_hair": "categorical_hair_x4 is that loss (hair weight 4); the study's (b) is "
+                                "categorical_hair_matched"}
+
+
 def get_loss(name: str) -> SoftmaxGroupLoss:
+    if name in RETIRED:
+        raise ValueError(f"The loss {name!r} was retired: {RETIRED[name]}.")
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}. Choose one of: {', '.join(LOSSES)}.")
     return LOSSES[name]()

@@ -51,7 +51,7 @@ def test_log_odds_pushforward_is_the_jvp_of_the_log_odds_even_when_confident():
 
 def test_attribute_log_odds():
     z = random_logits(3, 41)[0]
-    scores = hyp.attribute_log_odds("categorical_hair", z)
+    scores = hyp.attribute_log_odds("categorical_hair_matched", z)
     torch.testing.assert_close(scores, categorical_attribute_scores(z, "log_odds"))
     p = z[:, 36:].softmax(-1)
     torch.testing.assert_close(scores[:, HAIR_INDEX], (p / (1 - p)).log()[:, :4])
@@ -80,7 +80,7 @@ def categorical_attribute_scores(z, scale):
 @pytest.mark.parametrize("scale", ["log_odds", "log_prob"])
 def test_attribute_perturbations_match_autograd(scale):
     z, dz = random_logits(3, 41)
-    torch.testing.assert_close(hyp.attribute_perturbations("categorical_hair", dz, z, scale),
+    torch.testing.assert_close(hyp.attribute_perturbations("categorical_hair_matched", dz, z, scale),
                                jvp(lambda t: categorical_attribute_scores(t, scale), (z,), (dz,))[1],
                                rtol=1e-12, atol=1e-12)
     z, dz = random_logits(3, 40)
@@ -112,7 +112,7 @@ def bernoulli_kl(p, q):
     return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
 
 
-@pytest.mark.parametrize("loss, n_outputs", [("independent", 40), ("categorical_hair", 41), ("exclusive_makeup", 41)])
+@pytest.mark.parametrize("loss, n_outputs", [("independent", 40), ("categorical_hair_matched", 41), ("exclusive_makeup", 41)])
 def test_fisher_scale_is_the_root_of_twice_the_kl_of_each_attribute(loss, n_outputs):
     """|fisher| = √(2 KL(p_k ‖ p_k + dp_k)) to first order in the step, for sigmoid and softmax outputs alike."""
     z, dz = random_logits(4, n_outputs, scale=1.5)
@@ -126,7 +126,7 @@ def test_fisher_scale_is_the_root_of_twice_the_kl_of_each_attribute(loss, n_outp
 
 def test_fisher_scale_ignores_a_shared_shift_of_a_softmax_group():
     z, dz = random_logits(5, 41)
-    for loss in ("categorical_hair", "exclusive_makeup"):
+    for loss in ("categorical_hair_matched", "exclusive_makeup"):
         group = get_loss(loss).group_slices()[0]
         shift = torch.zeros(5, 41, dtype=DTYPE)
         shift[:, group] = torch.randn(5, 1, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
@@ -139,9 +139,9 @@ def test_fisher_scale_ignores_a_shared_shift_of_a_softmax_group():
 
 def test_attribute_perturbations_broadcast_logits_over_pairs_and_check_names():
     z, dz = random_logits(2, 1, 4, 41)[0], random_logits(2, 3, 4, 41)[1]
-    out = hyp.attribute_perturbations("categorical_hair", dz, z)
+    out = hyp.attribute_perturbations("categorical_hair_matched", dz, z)
     assert out.shape == (2, 3, 4, 40)
-    torch.testing.assert_close(out[:, 1], hyp.attribute_perturbations("categorical_hair", dz[:, 1], z[:, 0]))
+    torch.testing.assert_close(out[:, 1], hyp.attribute_perturbations("categorical_hair_matched", dz[:, 1], z[:, 0]))
     with pytest.raises(ValueError, match="scale"):
         hyp.attribute_perturbations("independent", dz, z, "logits")
     with pytest.raises(ValueError, match="Unknown loss"):
@@ -200,7 +200,7 @@ def test_group_aurocs_average_over_seeds_and_late_checkpoints():
     groups = {"hair": list(hyp.HAIR_PAIR), "noise": [hyp.NOISE_CONTROL], "empty": []}
     late = hyp.group_aurocs(runs, groups, from_step=5)
     assert set(late) == {"hair", "noise"}
-    assert late["noise"] == {"independent": 1.0, "categorical_hair": 1.0}
+    assert late["noise"] == {"independent": 1.0, "categorical_hair_matched": 1.0}
     assert late["hair"]["independent"] == pytest.approx(37 / 38)               # beaten only by noise
     assert hyp.group_aurocs(runs, groups)["noise"]["independent"] == pytest.approx((0.5 * 37 / 39 + 1) / 2)
 
@@ -246,7 +246,7 @@ def test_verdict_follows_the_intervals():
 # ----------------------------------------------------------------------------- runs and ground truth
 
 def test_hypothesis_profiles_thin_checkpoints_and_reuse_the_main_run():
-    assert hyp.hypothesis_profile(get_profile("default"), "categorical_hair", 1).checkpoint_every == 200
+    assert hyp.hypothesis_profile(get_profile("default"), "categorical_hair_matched", 1).checkpoint_every == 200
     assert hyp.hypothesis_profile(get_profile("ci"), "independent", 1).checkpoint_every == 40
     assert hyp.hypothesis_profile(get_profile("full"), "independent", 1).checkpoint_every == 1000
     P = get_profile("default")
@@ -254,8 +254,8 @@ def test_hypothesis_profiles_thin_checkpoints_and_reuse_the_main_run():
     runs = hyp.hypothesis_runs(P, paths)
     assert [(r.loss, r.seed) for r in runs] == [(loss, s) for loss in hyp.LOSS_NAMES for s in P.seeds]
     assert runs[0].run_dir == paths.root and runs[0].profile == P
-    assert runs[4].run_dir == paths.root / "hypothesis" / "categorical_hair-seed1"
-    assert runs[4].profile.loss == "categorical_hair" and runs[4].profile.seed == 1
+    assert runs[4].run_dir == paths.root / "hypothesis" / "categorical_hair_matched-seed1"
+    assert runs[4].profile.loss == "categorical_hair_matched" and runs[4].profile.seed == 1
 
 
 def random_split(n, size, seed):
@@ -302,7 +302,7 @@ def test_end_to_end_on_tiny_runs(tmp_path):
     assert comparison.tables["effect"]["independent"].shape == (2, 2)
     late = hyp.compare(magnitudes, hyp.HAIR_PAIR, from_step=4)
     assert late.steps == [4]
-    assert late.tables["auroc"]["categorical_hair"][0, 0] == comparison.tables["auroc"]["categorical_hair"][0, 1]
+    assert late.tables["auroc"]["categorical_hair_matched"][0, 0] == comparison.tables["auroc"]["categorical_hair_matched"][0, 1]
     summaries = {scale: hyp.compare([hyp.run_magnitudes(r, steps, scale) for r in runs], hyp.HAIR_PAIR).summary()
                  for scale in hyp.SCALES}
     assert set(summaries["fisher"]) == {f"{q} {k}" for q in hyp.QUANTITIES for k in (*hyp.LOSS_NAMES, "difference")}
@@ -310,7 +310,7 @@ def test_end_to_end_on_tiny_runs(tmp_path):
     assert len(hyp.verdict(summaries)) == 4
     # log_odds_per_spread: the log-odds magnitudes divided by each attribute's log-odds spread over the batch.
     record = load_run_brackets(runs[2].profile, runs[2].run_dir)
-    spread = hyp.attribute_log_odds("categorical_hair", record.batch_logits[1:]).std(dim=1).log10().numpy()
+    spread = hyp.attribute_log_odds("categorical_hair_matched", record.batch_logits[1:]).std(dim=1).log10().numpy()
     per_spread = hyp.run_magnitudes(runs[2], steps, "log_odds_per_spread").log_magnitudes
     log_odds = hyp.run_magnitudes(runs[2], steps, "log_odds").log_magnitudes
     np.testing.assert_allclose(per_spread, log_odds - spread, rtol=1e-12)

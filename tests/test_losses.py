@@ -32,7 +32,7 @@ def brute_force_loss(z, y, binary, members, weight):
     return total / (len(z) * 40)
 
 
-@pytest.mark.parametrize("name, weight", [("categorical_hair", 1.0), ("categorical_hair_x4", 4.0),
+@pytest.mark.parametrize("name, weight", [("categorical_hair_matched", 1.0), ("categorical_hair_x4", 4.0),
                                           ("exclusive_makeup", 1.0)])
 def test_grouped_losses_against_brute_force(name, weight):
     loss_fn = L.get_loss(name)
@@ -47,7 +47,7 @@ def test_grouped_losses_against_brute_force(name, weight):
 
 
 def test_layouts_names_and_bad_groups():
-    hair, makeup = L.get_loss("categorical_hair"), L.get_loss("exclusive_makeup")
+    hair, makeup = L.get_loss("categorical_hair_matched"), L.get_loss("exclusive_makeup")
     assert hair.output_names == [ATTRIBUTES[i] for i in L.OTHER_INDEX] + [*HAIR_COLOURS, "No_Hair_Colour"]
     assert makeup.n_outputs == 41 and makeup.output_names[38:40] == list(L.MAKEUP_PAIR)
     assert L.get_loss("independent").output_names == list(ATTRIBUTES) and L.get_loss("independent").group_slices() == []
@@ -60,6 +60,8 @@ def test_layouts_names_and_bad_groups():
         L.output_layout([("Black_Hair", "Blond_Hair"), ("Blond_Hair", "Gray_Hair")])
     with pytest.raises(ValueError, match="Unknown loss"):
         L.get_loss("mse")
+    with pytest.raises(ValueError, match="retired: categorical_hair_x4"):
+        L.get_loss("categorical_hair")
 
 
 def test_predict_takes_the_argmax_of_each_group():
@@ -70,7 +72,7 @@ def test_predict_takes_the_argmax_of_each_group():
     out = loss_fn.predict(z)
     assert out[:, MAKEUP].tolist() == [[1, 0], [0, 1], [0, 0]]           # never both: the control cannot say so
     assert out[0, 0] == 1 and out.sum() == 3                              # the binary outputs: z > 0
-    hair = L.get_loss("categorical_hair").predict(torch.cat([torch.zeros(1, 36), torch.tensor([[0, 0, 5.0, 0, 0]])], 1))
+    hair = L.get_loss("categorical_hair_matched").predict(torch.cat([torch.zeros(1, 36), torch.tensor([[0, 0, 5.0, 0, 0]])], 1))
     assert [ATTRIBUTES[i] for i in hair[0].nonzero()] == ["Brown_Hair"]
 
 
@@ -116,7 +118,7 @@ def calibrated_generated_like(n=20_000, seed=0):
 def shares(y, independent_logits, categorical_logits):
     a = L.gradient_share(L.get_loss("independent"), independent_logits, y, HAIR_COLOURS)
     return {name: L.gradient_share(L.get_loss(name), categorical_logits, y, HAIR_COLOURS) / a
-            for name in ("categorical_hair", "categorical_hair_x4")}
+            for name in ("categorical_hair_matched", "categorical_hair_x4")}
 
 
 def test_gradient_share_closed_form_at_zero_logits():
@@ -136,6 +138,6 @@ def test_matched_weight_gives_the_independent_gradient_scale_and_x4_four_times_i
     for ratio in (shares(y, torch.zeros(len(y), 40), torch.zeros(len(y), 41)),       # initialisation
                   shares(y, small[:, :40], small),
                   shares(y, independent, categorical)):                               # calibrated
-        assert 0.8 <= ratio["categorical_hair"] <= 1.25, ratio
+        assert 0.8 <= ratio["categorical_hair_matched"] <= 1.25, ratio
         assert 3.5 <= ratio["categorical_hair_x4"] <= 4.5, ratio
-        assert ratio["categorical_hair_x4"] == pytest.approx(4 * ratio["categorical_hair"], rel=1e-12)
+        assert ratio["categorical_hair_x4"] == pytest.approx(4 * ratio["categorical_hair_matched"], rel=1e-12)
