@@ -47,8 +47,8 @@ def check_independent(loss_fn) -> None:
     if not isinstance(loss_fn, IndependentBCE):
         raise ValueError(
             f"Per-attribute baselines need lie_helpers.losses.IndependentBCE (one BCE per output), got "
-            f"{type(loss_fn).__name__}. categorical_hair shares one softmax over its 5 hair outputs, so "
-            "no hair output has a loss of its own: analyse an independent-loss run.")
+            f"{type(loss_fn).__name__}. Its softmax groups (e.g. the 5 hair outputs of categorical_hair_matched) "
+            "share one cross-entropy, so no member has a loss of its own: analyse an independent-loss run.")
 
 
 def check_batch(model, batch: torch.Tensor, targets: torch.Tensor | None = None) -> dict:

@@ -6,20 +6,21 @@ same model on the same data and seeds with (a) the independent loss and (b) hair
 one categorical output (lie_helpers.losses), and compare how strongly the brackets at
 matched checkpoints perturb the hair outputs.
 
-One currency for both models: the log-odds of each attribute being present. (a)'s logits
-are log-odds already, and so are (b)'s 36 independent outputs. (b)'s five hair logits are
-defined only up to a shared constant, so their raw perturbation is not comparable; the
-log-probabilities remove the constant, and the log-odds log p_k/(1 − p_k) computed from
-them have the meaning of (a)'s hair logits. Two robustness checks: `log_prob` (the
-log-probability of each attribute being present, in both models) and `log_odds_per_spread`
-(log-odds perturbations divided by how much each attribute's log-odds vary over the batch,
-which removes the scale of each output).
+One currency for every model, whatever outputs it uses for an attribute (a sigmoid, or a
+member of a softmax group: lie_helpers.losses): the Bernoulli marginal "attribute k is
+present". The primary scale, `fisher`, measures its change in Fisher units, d log-odds ·
+√(p_k(1 − p_k)) ≈ √(2 KL); a softmax group's logits are defined only up to a shared constant,
+and every scale here removes it. Sensitivity checks: `log_odds` (the change of each
+attribute's log-odds, log p_k/(1 − p_k)), `log_prob` (of its log-probability) and
+`log_odds_per_spread` (log-odds perturbations divided by how much each attribute's log-odds
+vary over the batch, which removes the scale of each output).
 
 Bracket magnitudes are heavy-tailed and two losses give two different dynamics, so every
 comparison is made within one model and checkpoint first: the hair magnitude against
 control attributes (effect size, log10 ratio), against the unconfusable hair colours
 (ambiguity contrast) and against all other attributes (AUROC); then those numbers are
-compared across losses, paired by seed and checkpoint, with a bootstrap over seeds.
+averaged over each run's checkpoints and compared across losses, paired by seed
+(lie_helpers.stats: t intervals, sign-flip tests, Holm).
 """
 from __future__ import annotations
 
@@ -30,22 +31,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .analysis import analyse_run, load_run_brackets
 from .attributes import ATTRIBUTES, HAIR_COLOURS
 from .config import Profile, data_dir
 from .generated_celeba import read_ground_truth
-from .losses import HAIR_INDEX, OTHER_INDEX
+from .losses import get_loss
 from .run_folder import RunPaths
+from .stats import auroc, t_interval
 from .train import list_checkpoints, train
 
-LOSS_NAMES = ("independent", "categorical_hair")
+LOSS_NAMES = ("independent", "categorical_hair_matched")
 HAIR_PAIR = ("Black_Hair", "Brown_Hair")            # exclusive and confusable (generated ground truth)
 CORRELATED_CONTROLS = ("Heavy_Makeup", "Wearing_Lipstick")  # phi 0.83 in the generated data, never exclusive
 NOISE_CONTROL = "Attractive"                        # drawn independently of everything, not drawn on the face
 CONTROLS = (*CORRELATED_CONTROLS, NOISE_CONTROL)
 UNAMBIGUOUS_HAIR = ("Blond_Hair", "Gray_Hair")      # exclusive with them, never confused (generated ground truth)
-PERTURBATION_SCALES = ("log_odds", "log_prob")
+PERTURBATION_SCALES = ("fisher", "log_odds", "log_prob")   # the first is primary
 SCALES = (*PERTURBATION_SCALES, "log_odds_per_spread")
 
 
@@ -118,44 +121,59 @@ def log_odds_pushforward(d_logits: torch.Tensor, logits: torch.Tensor) -> torch.
     return d_logits - (q @ d_logits.unsqueeze(-1)).squeeze(-1)
 
 
-def attribute_perturbations(loss: str, d_logits: torch.Tensor, logits: torch.Tensor,
-                            scale: str = "log_odds") -> torch.Tensor:
-    """The outputs' perturbation [..., n_outputs] as the change of each attribute's log-odds (or
-    log-probability) of being present, [..., 40] in CelebA's order. `logits` broadcasts against d_logits."""
-    if scale not in PERTURBATION_SCALES:
-        raise ValueError(f"scale must be one of {PERTURBATION_SCALES}, got {scale!r}.")
-    d_logits, logits = d_logits.double(), logits.double().expand_as(d_logits)
-    if loss == "independent":
-        binary_d, binary_z = d_logits, logits
-    elif loss == "categorical_hair":
-        binary_d, binary_z = d_logits[..., :len(OTHER_INDEX)], logits[..., :len(OTHER_INDEX)]
-        hair_d, hair_z = d_logits[..., len(OTHER_INDEX):], logits[..., len(OTHER_INDEX):]
-        hair = (log_odds_pushforward if scale == "log_odds" else log_softmax_pushforward)(hair_d, hair_z)
-    else:
-        raise ValueError(f"Unknown loss {loss!r}. Choose one of: {', '.join(LOSS_NAMES)}.")
-    if scale == "log_prob":                                 # d log σ(z) = σ(−z) dz
-        binary_d = torch.sigmoid(-binary_z) * binary_d
-    if loss == "independent":
-        return binary_d
-    out = d_logits.new_zeros(*d_logits.shape[:-1], len(ATTRIBUTES))
-    out[..., OTHER_INDEX] = binary_d
-    out[..., HAIR_INDEX] = hair[..., :len(HAIR_INDEX)]      # the fifth class, "none", is no CelebA attribute
+def _attribute_columns(loss_fn, out_shape, binary, groups, dtype):
+    """Scatter per-output values into [..., 40] in CelebA's order (a group's "none" class is no attribute)."""
+    out = torch.zeros(*out_shape, len(ATTRIBUTES), dtype=dtype)
+    out[..., loss_fn.binary_index] = binary
+    for members, values in zip(loss_fn.group_index, groups):
+        out[..., members] = values[..., :len(members)]
     return out
 
 
+def _by_kind(loss: str, tensors: torch.Tensor, logits: torch.Tensor):
+    """The loss, its binary block (values and logits) and each softmax group's (values and logits)."""
+    loss_fn = get_loss(loss)
+    n_binary = len(loss_fn.binary_index)
+    return (loss_fn, tensors[..., :n_binary], logits[..., :n_binary],
+            [(tensors[..., where], logits[..., where]) for where in loss_fn.group_slices()])
+
+
 def attribute_log_odds(loss: str, logits: torch.Tensor) -> torch.Tensor:
-    """Each attribute's log-odds of being present, [..., 40] in CelebA's order (hair under (b):
-    log p_k/(1 − p_k) = z_k − logsumexp_{j≠k} z_j)."""
+    """Each attribute's log-odds of being present, [..., 40] in CelebA's order: a binary output's logit, and for
+    a softmax group's member log p_k/(1 − p_k) = z_k − logsumexp_{j≠k} z_j."""
     logits = logits.double()
-    if loss == "independent":
-        return logits
-    n, k = len(OTHER_INDEX), len(HAIR_INDEX) + 1
-    hair = logits[..., n:]
-    others = hair.unsqueeze(-2).expand(*hair.shape[:-1], k, k).masked_fill(
-        torch.eye(k, dtype=torch.bool, device=logits.device), float("-inf"))
-    out = logits.new_zeros(*logits.shape[:-1], len(ATTRIBUTES))
-    out[..., OTHER_INDEX] = logits[..., :n]
-    out[..., HAIR_INDEX] = (hair - others.logsumexp(-1))[..., :len(HAIR_INDEX)]
+    loss_fn, binary, _, groups = _by_kind(loss, logits, logits)
+    odds = []
+    for z, _ in groups:
+        k = z.shape[-1]
+        others = z.unsqueeze(-2).expand(*z.shape[:-1], k, k).masked_fill(
+            torch.eye(k, dtype=torch.bool, device=z.device), float("-inf"))
+        odds.append(z - others.logsumexp(-1))
+    return _attribute_columns(loss_fn, logits.shape[:-1], binary, odds, logits.dtype)
+
+
+def attribute_perturbations(loss: str, d_logits: torch.Tensor, logits: torch.Tensor,
+                            scale: str = "fisher") -> torch.Tensor:
+    """The outputs' perturbation [..., n_outputs] as each attribute's change, [..., 40] in CelebA's order.
+
+    Scales (PERTURBATION_SCALES): `log_odds` (d log p_k/(1 − p_k)), `log_prob` (d log p_k) and
+    `fisher`, the change of the Bernoulli marginal "attribute k present" in Fisher units,
+    d log-odds · √(p_k(1 − p_k)) = dp_k / √(p_k(1 − p_k)): to second order ±√(2 KL(p_k ‖ p_k + dp_k)),
+    whatever outputs the model uses for it (a sigmoid, or p_k of a softmax). A shared shift of
+    a group's logits changes none of them. `logits` broadcasts against d_logits.
+    """
+    if scale not in PERTURBATION_SCALES:
+        raise ValueError(f"scale must be one of {PERTURBATION_SCALES}, got {scale!r}.")
+    d_logits, logits = d_logits.double(), logits.double().expand_as(d_logits)
+    loss_fn, binary_d, binary_z, groups = _by_kind(loss, d_logits, logits)
+    if scale == "log_prob":                                 # d log σ(z) = σ(−z) dz
+        binary, grouped = torch.sigmoid(-binary_z) * binary_d, [log_softmax_pushforward(d, z) for d, z in groups]
+    else:
+        binary, grouped = binary_d, [log_odds_pushforward(d, z) for d, z in groups]
+    out = _attribute_columns(loss_fn, d_logits.shape[:-1], binary, grouped, d_logits.dtype)
+    if scale == "fisher":                                   # √(p(1 − p)) = exp(−(softplus(l) + softplus(−l)) / 2)
+        l = attribute_log_odds(loss, logits)
+        out = out * torch.exp(-(F.softplus(l) + F.softplus(-l)) / 2)
     return out
 
 
@@ -192,33 +210,6 @@ def ambiguity_contrast(log_magnitudes: np.ndarray) -> np.ndarray:
     so the contrast isolates ambiguity from exclusivity and from how the hair outputs are built."""
     return (log_magnitudes[..., attribute_mask(HAIR_PAIR)].mean(-1)
             - log_magnitudes[..., attribute_mask(UNAMBIGUOUS_HAIR)].mean(-1))
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """Area under the ROC curve of `scores` [..., 40] for the `positive` attributes against the rest (ties count ½).
-
-    The probability that a positive attribute outranks a negative one: 1 singles out the
-    positives perfectly, 0.5 is chance.
-    """
-    pos, neg = scores[..., positive, None], scores[..., None, ~positive]
-    return ((pos > neg) + 0.5 * (pos == neg)).mean(axis=(-1, -2))
-
-
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 10_000, level: float = 0.95, seed: int = 0):
-    """(mean, low, high) of values [seeds, checkpoints], by a two-level bootstrap.
-
-    Resample seeds with replacement, then checkpoints within each resampled seed: seeds are
-    the independent unit, checkpoints of one run are repeated measurements of it. With three
-    seeds the interval is coarse; it is meant to be.
-    """
-    values = np.asarray(values, float)
-    rng = np.random.default_rng(seed)
-    n_seeds, n_ckpt = values.shape
-    seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))
-    ckpts = rng.integers(0, n_ckpt, (n_boot, n_seeds, n_ckpt))
-    means = values[seeds[..., None], ckpts].mean(axis=(1, 2))
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(values.mean()), float(low), float(high)
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -260,10 +251,11 @@ class RunMagnitudes:
     seed: int
     steps: list
     log_magnitudes: np.ndarray    # [checkpoints, 40]
-    common_mode: float            # (b) only: median share of the hair-logit perturbation along (1,…,1)
+    common_mode: float            # losses with softmax groups: median share of a group's logit perturbation along
+                                  # (1,…,1); nan without groups
 
 
-def run_magnitudes(run: HypothesisRun, steps, scale: str = "log_odds") -> RunMagnitudes:
+def run_magnitudes(run: HypothesisRun, steps, scale: str = SCALES[0]) -> RunMagnitudes:
     """Read a run's bracket records (lie_helpers.analysis) and summarise them at `steps` on `scale` (SCALES)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
@@ -277,8 +269,9 @@ def run_magnitudes(run: HypothesisRun, steps, scale: str = "log_odds") -> RunMag
     log_m = attribute_magnitudes(attribute_perturbations(run.loss, d_logits, logits[:, None], base)).log10()
     if scale == "log_odds_per_spread":      # ÷ the spread of each attribute's log-odds over the batch
         log_m = log_m - attribute_log_odds(run.loss, logits).std(dim=1).log10()
-    common = (common_mode_fraction(d_logits[..., len(OTHER_INDEX):].double()).median().item()
-              if run.loss == "categorical_hair" else float("nan"))
+    slices = get_loss(run.loss).group_slices()
+    common = (torch.cat([common_mode_fraction(d_logits[..., where].double()).flatten() for where in slices])
+              .median().item() if slices else float("nan"))
     return RunMagnitudes(run.loss, run.seed, list(steps), log_m.numpy(), common)
 
 
@@ -299,15 +292,15 @@ class Comparison:
     steps: list
     tables: dict
 
-    def summary(self, n_boot: int = 10_000) -> dict:
-        """'<quantity> <loss>' and '<quantity> difference' ((a) − (b), paired by seed and checkpoint)
-        -> (mean, low, high), a 95% bootstrap interval."""
+    def summary(self, level: float = 0.95) -> dict:
+        """'<quantity> <loss>' and '<quantity> difference' ((a) − (b), paired by seed) -> (mean, low, high):
+        checkpoints averaged within each run, then a Student-t interval over seeds (lie_helpers.stats)."""
         a, b = LOSS_NAMES
         rows = {}
         for name, table in self.tables.items():
             for loss in LOSS_NAMES:
-                rows[f"{name} {loss}"] = bootstrap_mean_ci(table[loss], n_boot)
-            rows[f"{name} difference"] = bootstrap_mean_ci(table[a] - table[b], n_boot)
+                rows[f"{name} {loss}"] = t_interval(table[loss], level)
+            rows[f"{name} difference"] = t_interval(table[a] - table[b], level)
         return rows
 
 
@@ -371,7 +364,7 @@ LOSS_EFFECT = {1: "The categorical loss lowers the hair outputs' share of the br
                -1: "The categorical loss *raises* the hair outputs' share: against the hypothesis."}
 
 
-def verdict(summaries: dict, primary: str = "log_odds") -> list[str]:
+def verdict(summaries: dict, primary: str = SCALES[0]) -> list[str]:
     """Plain-language reading of {scale: Comparison.summary()}: what the numbers support, what they do not."""
     s = summaries[primary]
     auc = s["auroc independent"]

@@ -67,7 +67,7 @@ def test_the_categorical_loss_stores_no_per_attribute_baselines(trained):
     profile, run_dir, test = trained
     model = load_checkpoint(run_dir, 4, profile)
     examples, targets, batch = analysis.fixed_inputs(profile, test)
-    categorical = get_loss("categorical_hair")
+    categorical = get_loss("categorical_hair_matched")
     record = analysis.analyse_checkpoint(torch.nn.Sequential(model, torch.nn.Linear(40, categorical.n_outputs)),
                                          categorical, examples, targets, batch, batch_targets=test[1][:5].float())
     assert not set(analysis.BASELINES) & set(record)

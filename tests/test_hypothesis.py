@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from torch.func import jvp
 
@@ -10,7 +11,7 @@ from lie_helpers import celeba, hypothesis as hyp
 from lie_helpers.analysis import load_run_brackets
 from lie_helpers.attributes import ATTRIBUTES
 from lie_helpers.config import get_profile, run_paths
-from lie_helpers.losses import HAIR_INDEX, OTHER_INDEX
+from lie_helpers.losses import HAIR_INDEX, OTHER_INDEX, get_loss
 from lie_helpers.train import list_checkpoints, load_checkpoint, train
 
 torch.set_num_threads(1)
@@ -50,7 +51,7 @@ def test_log_odds_pushforward_is_the_jvp_of_the_log_odds_even_when_confident():
 
 def test_attribute_log_odds():
     z = random_logits(3, 41)[0]
-    scores = hyp.attribute_log_odds("categorical_hair", z)
+    scores = hyp.attribute_log_odds("categorical_hair_matched", z)
     torch.testing.assert_close(scores, categorical_attribute_scores(z, "log_odds"))
     p = z[:, 36:].softmax(-1)
     torch.testing.assert_close(scores[:, HAIR_INDEX], (p / (1 - p)).log()[:, :4])
@@ -76,10 +77,10 @@ def categorical_attribute_scores(z, scale):
     return out
 
 
-@pytest.mark.parametrize("scale", hyp.PERTURBATION_SCALES)
+@pytest.mark.parametrize("scale", ["log_odds", "log_prob"])
 def test_attribute_perturbations_match_autograd(scale):
     z, dz = random_logits(3, 41)
-    torch.testing.assert_close(hyp.attribute_perturbations("categorical_hair", dz, z, scale),
+    torch.testing.assert_close(hyp.attribute_perturbations("categorical_hair_matched", dz, z, scale),
                                jvp(lambda t: categorical_attribute_scores(t, scale), (z,), (dz,))[1],
                                rtol=1e-12, atol=1e-12)
     z, dz = random_logits(3, 40)
@@ -88,11 +89,59 @@ def test_attribute_perturbations_match_autograd(scale):
                                jvp(binary, (z,), (dz,))[1], rtol=1e-12, atol=1e-12)
 
 
+def makeup_attribute_probabilities(z):
+    """p(attribute present) [..., 40] of the exclusive_makeup control, written out: σ for 38, softmax for 2."""
+    loss_fn = get_loss("exclusive_makeup")
+    out = torch.zeros(*z.shape[:-1], 40, dtype=z.dtype)
+    out[..., loss_fn.binary_index] = torch.sigmoid(z[..., :38])
+    out[..., loss_fn.group_index[0]] = z[..., 38:].softmax(-1)[..., :2]
+    return out
+
+
+def test_softmax_groups_of_any_loss_map_to_their_attributes():
+    z, dz = random_logits(3, 41)
+    p = makeup_attribute_probabilities(z)
+    torch.testing.assert_close(hyp.attribute_log_odds("exclusive_makeup", z), (p / (1 - p)).log())
+    for scale, score in (("log_odds", lambda t: torch.logit(makeup_attribute_probabilities(t))),
+                         ("log_prob", lambda t: makeup_attribute_probabilities(t).log())):
+        torch.testing.assert_close(hyp.attribute_perturbations("exclusive_makeup", dz, z, scale),
+                                   jvp(score, (z,), (dz,))[1], rtol=1e-10, atol=1e-10)
+
+
+def bernoulli_kl(p, q):
+    return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
+
+
+@pytest.mark.parametrize("loss, n_outputs", [("independent", 40), ("categorical_hair_matched", 41), ("exclusive_makeup", 41)])
+def test_fisher_scale_is_the_root_of_twice_the_kl_of_each_attribute(loss, n_outputs):
+    """|fisher| = √(2 KL(p_k ‖ p_k + dp_k)) to first order in the step, for sigmoid and softmax outputs alike."""
+    z, dz = random_logits(4, n_outputs, scale=1.5)
+    probability = lambda t: torch.sigmoid(hyp.attribute_log_odds(loss, t))       # noqa: E731
+    fisher = hyp.attribute_perturbations(loss, dz, z, "fisher")
+    for eps in (1e-4, 1e-5):
+        p, q = probability(z), probability(z + eps * dz)
+        kl_root = (2 * bernoulli_kl(p, q)).sqrt() * torch.sign(q - p) / eps
+        torch.testing.assert_close(fisher, kl_root, rtol=30 * eps, atol=30 * eps)
+
+
+def test_fisher_scale_ignores_a_shared_shift_of_a_softmax_group():
+    z, dz = random_logits(5, 41)
+    for loss in ("categorical_hair_matched", "exclusive_makeup"):
+        group = get_loss(loss).group_slices()[0]
+        shift = torch.zeros(5, 41, dtype=DTYPE)
+        shift[:, group] = torch.randn(5, 1, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
+        base = hyp.attribute_perturbations(loss, dz, z, "fisher")
+        torch.testing.assert_close(hyp.attribute_perturbations(loss, dz + shift, z, "fisher"), base, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(hyp.attribute_perturbations(loss, dz, z + 7 * shift, "fisher"), base,
+                                   rtol=1e-10, atol=1e-12)
+    assert hyp.SCALES[0] == "fisher"
+
+
 def test_attribute_perturbations_broadcast_logits_over_pairs_and_check_names():
     z, dz = random_logits(2, 1, 4, 41)[0], random_logits(2, 3, 4, 41)[1]
-    out = hyp.attribute_perturbations("categorical_hair", dz, z)
+    out = hyp.attribute_perturbations("categorical_hair_matched", dz, z)
     assert out.shape == (2, 3, 4, 40)
-    torch.testing.assert_close(out[:, 1], hyp.attribute_perturbations("categorical_hair", dz[:, 1], z[:, 0]))
+    torch.testing.assert_close(out[:, 1], hyp.attribute_perturbations("categorical_hair_matched", dz[:, 1], z[:, 0]))
     with pytest.raises(ValueError, match="scale"):
         hyp.attribute_perturbations("independent", dz, z, "logits")
     with pytest.raises(ValueError, match="Unknown loss"):
@@ -132,13 +181,15 @@ def test_hair_vs_controls_is_a_log_ratio_to_the_median_control():
     assert hyp.hair_vs_controls(np.stack([log_m, log_m - 1])).tolist() == pytest.approx([2.0, 2.0])
 
 
-def test_bootstrap_interval():
-    constant = np.full((3, 4), 0.7)
-    assert hyp.bootstrap_mean_ci(constant) == pytest.approx((0.7, 0.7, 0.7))
-    values = np.array([[0.0, 0.2], [1.0, 1.2], [2.0, 2.2]])
-    mean, low, high = hyp.bootstrap_mean_ci(values, seed=3)
-    assert mean == pytest.approx(1.1) and 0.0 <= low < mean < high <= 2.2
-    assert hyp.bootstrap_mean_ci(values, seed=3) == (mean, low, high)       # seeded: reproducible
+def test_summary_is_a_t_interval_of_seed_means_paired_by_seed():
+    rng = np.random.default_rng(0)
+    tables = {q: {loss: rng.normal(size=(4, 3)) for loss in hyp.LOSS_NAMES} for q in hyp.QUANTITIES}
+    rows = hyp.Comparison([0, 1, 2, 3], [0, 10, 20], tables).summary()
+    a, b = (tables["effect"][loss].mean(1) for loss in hyp.LOSS_NAMES)
+    d = a - b
+    half = scipy.stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert rows["effect difference"] == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
+    assert rows["effect independent"][0] == pytest.approx(a.mean())
 
 
 def test_group_aurocs_average_over_seeds_and_late_checkpoints():
@@ -149,7 +200,7 @@ def test_group_aurocs_average_over_seeds_and_late_checkpoints():
     groups = {"hair": list(hyp.HAIR_PAIR), "noise": [hyp.NOISE_CONTROL], "empty": []}
     late = hyp.group_aurocs(runs, groups, from_step=5)
     assert set(late) == {"hair", "noise"}
-    assert late["noise"] == {"independent": 1.0, "categorical_hair": 1.0}
+    assert late["noise"] == {"independent": 1.0, "categorical_hair_matched": 1.0}
     assert late["hair"]["independent"] == pytest.approx(37 / 38)               # beaten only by noise
     assert hyp.group_aurocs(runs, groups)["noise"]["independent"] == pytest.approx((0.5 * 37 / 39 + 1) / 2)
 
@@ -178,15 +229,15 @@ def summary(effect_a, difference, ambiguity_a=(0.0, -0.1, 0.1)):
 
 
 def test_verdict_follows_the_intervals():
-    supported = hyp.verdict({"log_odds": summary((1.0, 0.5, 1.5), (1.0, 0.4, 1.6), (0.5, 0.2, 0.8)),
+    supported = hyp.verdict({"fisher": summary((1.0, 0.5, 1.5), (1.0, 0.4, 1.6), (0.5, 0.2, 0.8)),
                              "log_prob": summary((1.0, 0.5, 1.5), (0.5, 0.1, 0.9))})
     text = " ".join(supported)
     assert len(supported) == 4
     assert "reproduced." in text and "stands out" in text and "as the hypothesis predicts" in text
     assert "reads the same" in text and "AUROC 0.90 [0.80, 1.00]" in text and "×10.00" in text
-    unclear = " ".join(hyp.verdict({"log_odds": summary((0.1, -0.2, 0.4), (0.1, -0.3, 0.5))}))
+    unclear = " ".join(hyp.verdict({"fisher": summary((0.1, -0.2, 0.4), (0.1, -0.3, 0.5))}))
     assert "not reproduced" in unclear and "does not stand out" in unclear and "includes zero" in unclear
-    against = " ".join(hyp.verdict({"log_odds": summary((1.0, 0.5, 1.5), (-1.0, -1.6, -0.4)),
+    against = " ".join(hyp.verdict({"fisher": summary((1.0, 0.5, 1.5), (-1.0, -1.6, -0.4)),
                                     "log_prob": summary((1.0, 0.5, 1.5), (0.2, -0.1, 0.5))}))
     assert "against the hypothesis" in against and "does not read the same" in against
     assert hyp.ci_text((0.123, -0.05, 0.3)) == "+0.12 [-0.05, +0.30]"
@@ -195,7 +246,7 @@ def test_verdict_follows_the_intervals():
 # ----------------------------------------------------------------------------- runs and ground truth
 
 def test_hypothesis_profiles_thin_checkpoints_and_reuse_the_main_run():
-    assert hyp.hypothesis_profile(get_profile("default"), "categorical_hair", 1).checkpoint_every == 200
+    assert hyp.hypothesis_profile(get_profile("default"), "categorical_hair_matched", 1).checkpoint_every == 200
     assert hyp.hypothesis_profile(get_profile("ci"), "independent", 1).checkpoint_every == 40
     assert hyp.hypothesis_profile(get_profile("full"), "independent", 1).checkpoint_every == 1000
     P = get_profile("default")
@@ -203,8 +254,8 @@ def test_hypothesis_profiles_thin_checkpoints_and_reuse_the_main_run():
     runs = hyp.hypothesis_runs(P, paths)
     assert [(r.loss, r.seed) for r in runs] == [(loss, s) for loss in hyp.LOSS_NAMES for s in P.seeds]
     assert runs[0].run_dir == paths.root and runs[0].profile == P
-    assert runs[4].run_dir == paths.root / "hypothesis" / "categorical_hair-seed1"
-    assert runs[4].profile.loss == "categorical_hair" and runs[4].profile.seed == 1
+    assert runs[4].run_dir == paths.root / "hypothesis" / "categorical_hair_matched-seed1"
+    assert runs[4].profile.loss == "categorical_hair_matched" and runs[4].profile.seed == 1
 
 
 def random_split(n, size, seed):
@@ -214,7 +265,7 @@ def random_split(n, size, seed):
 
 
 TINY = dict(image_size=16, width=0.125, steps=4, checkpoint_every=2, batch_size=8, eval_images=16,
-            bracket_examples=3, pushforward_batch=5, seeds=(0,))
+            bracket_examples=3, pushforward_batch=5, seeds=(0, 1))
 
 
 def test_thinning_checkpoints_keeps_the_trajectory(tmp_path):
@@ -240,32 +291,33 @@ def test_end_to_end_on_tiny_runs(tmp_path):
     runs = hyp.hypothesis_runs(P, paths)
     seconds = hyp.train_and_analyse(runs, Split(random_split(32, 16, 0)), Split(random_split(16, 16, 1)),
                                     Split(random_split(8, 16, 2)), progress=False)
-    assert set(seconds) == {("independent", 0), ("categorical_hair", 0)}
+    assert set(seconds) == {(loss, seed) for loss in hyp.LOSS_NAMES for seed in (0, 1)}
     steps = hyp.matched_steps(runs, from_step=2)
     assert steps == [2, 4]
     magnitudes = [hyp.run_magnitudes(r, steps) for r in runs]
-    assert magnitudes[0].log_magnitudes.shape == (2, 40) and np.isfinite(magnitudes[1].log_magnitudes).all()
-    assert np.isnan(magnitudes[0].common_mode) and 0 <= magnitudes[1].common_mode <= 1
+    assert magnitudes[0].log_magnitudes.shape == (2, 40) and np.isfinite(magnitudes[2].log_magnitudes).all()
+    assert np.isnan(magnitudes[0].common_mode) and 0 <= magnitudes[2].common_mode <= 1
     comparison = hyp.compare(magnitudes, hyp.HAIR_PAIR)
     assert set(comparison.tables) == set(hyp.QUANTITIES) and comparison.steps == steps
-    assert comparison.tables["effect"]["independent"].shape == (1, 2)
+    assert comparison.tables["effect"]["independent"].shape == (2, 2)
     late = hyp.compare(magnitudes, hyp.HAIR_PAIR, from_step=4)
     assert late.steps == [4]
-    assert late.tables["auroc"]["categorical_hair"][0, 0] == comparison.tables["auroc"]["categorical_hair"][0, 1]
-    summaries = {scale: hyp.compare([hyp.run_magnitudes(r, steps, scale) for r in runs], hyp.HAIR_PAIR).summary(200)
+    assert late.tables["auroc"]["categorical_hair_matched"][0, 0] == comparison.tables["auroc"]["categorical_hair_matched"][0, 1]
+    summaries = {scale: hyp.compare([hyp.run_magnitudes(r, steps, scale) for r in runs], hyp.HAIR_PAIR).summary()
                  for scale in hyp.SCALES}
-    assert set(summaries["log_odds"]) == {f"{q} {k}" for q in hyp.QUANTITIES for k in (*hyp.LOSS_NAMES, "difference")}
+    assert set(summaries["fisher"]) == {f"{q} {k}" for q in hyp.QUANTITIES for k in (*hyp.LOSS_NAMES, "difference")}
     assert all(low <= mean <= high for s in summaries.values() for mean, low, high in s.values())
     assert len(hyp.verdict(summaries)) == 4
     # log_odds_per_spread: the log-odds magnitudes divided by each attribute's log-odds spread over the batch.
-    record = load_run_brackets(runs[1].profile, runs[1].run_dir)
-    spread = hyp.attribute_log_odds("categorical_hair", record.batch_logits[1:]).std(dim=1).log10().numpy()
-    per_spread = hyp.run_magnitudes(runs[1], steps, "log_odds_per_spread").log_magnitudes
-    np.testing.assert_allclose(per_spread, magnitudes[1].log_magnitudes - spread, rtol=1e-12)
+    record = load_run_brackets(runs[2].profile, runs[2].run_dir)
+    spread = hyp.attribute_log_odds("categorical_hair_matched", record.batch_logits[1:]).std(dim=1).log10().numpy()
+    per_spread = hyp.run_magnitudes(runs[2], steps, "log_odds_per_spread").log_magnitudes
+    log_odds = hyp.run_magnitudes(runs[2], steps, "log_odds").log_magnitudes
+    np.testing.assert_allclose(per_spread, log_odds - spread, rtol=1e-12)
     with pytest.raises(ValueError, match="no bracket records"):
-        hyp.run_magnitudes(runs[1], [3])
+        hyp.run_magnitudes(runs[2], [3])
     with pytest.raises(ValueError, match="scale"):
-        hyp.run_magnitudes(runs[1], steps, "logits")
+        hyp.run_magnitudes(runs[2], steps, "logits")
 
 
 def test_attribute_groups_come_from_the_generated_ground_truth(tmp_path):

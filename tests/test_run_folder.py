@@ -262,7 +262,7 @@ def test_a_second_writer_refuses_with_a_clear_message(run, monkeypatch):
     ("steps", "abc", "an integer >= 1"), ("steps", -5, "an integer >= 1"), ("steps", 2.0, "an integer >= 1"),
     ("steps", True, "an integer >= 1"), ("lr", 0, "a number > 0"), ("lr", float("nan"), "a number > 0"),
     ("betas", 0.9, r"a pair \[beta1, beta2\], each in \[0, 1\)"), ("betas", [0.9, 1.0], "a pair"),
-    ("betas", [0.9], "a pair"), ("loss", "nope", "one of 'independent', 'categorical_hair'"),
+    ("betas", [0.9], "a pair"), ("loss", "nope", "one of 'independent', 'categorical_hair_matched'"),
     ("width", -1, "a number > 0"), ("batch_size", 0, "an integer >= 1"), ("checkpoint_every", 0, ">= 1"),
     ("data_source", "web", "one of 'generated', 'real'"), ("bracket_examples", 1, ">= 2"),
     ("pushforward_batch", 0, ">= 1"), ("seeds", [], "non-empty list"), ("seeds", [0, 0], "distinct"),

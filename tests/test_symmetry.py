@@ -173,7 +173,7 @@ def small_mxresnet(n_outputs):
     return model.eval()
 
 
-@pytest.mark.parametrize("loss, rows, conserved", [("categorical_hair", range(36, 41), True),
+@pytest.mark.parametrize("loss, rows, conserved", [("categorical_hair_matched", range(36, 41), True),
                                                    ("independent", HAIR_INDEX, False)])
 def test_softmax_head_conserves_the_sum_of_its_rows_on_mxresnet(loss, rows, conserved):
     loss_fn = get_loss(loss)

@@ -186,9 +186,9 @@ def test_corrupt_checkpoint_gives_a_clear_error_and_train_writes_it_again(tmp_pa
     assert_same_run(tmp_path, reference[0])
 
 
-def test_categorical_hair_loss_trains(tmp_path):
+def test_categorical_hair_matched_loss_trains(tmp_path):
     profile = get_profile("ci", image_size=16, width=0.125, steps=2, batch_size=8, checkpoint_every=2,
-                          eval_images=12, loss="categorical_hair")
+                          eval_images=12, loss="categorical_hair_matched")
     info = T.train(profile, tmp_path, TRAIN, VALID, progress=False, device="cpu")
     assert T.list_checkpoints(tmp_path) == [0, 2]
     assert list(info["valid_accuracy"]) == list(ATTRIBUTES)
