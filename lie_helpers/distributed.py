@@ -38,9 +38,8 @@ import contextlib
 import dataclasses
 import os
 import sys
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -48,10 +47,10 @@ from tqdm.auto import tqdm
 
 from . import analysis, celeba, run_folder, storage
 from .brackets import PAIRS_PER_CALL, BracketMatrix, pair_chunks
-from .train import load_checkpoint
 from .chain import REPO_DIR, ChainError, parse_overrides
 from .config import PROFILES, Profile, get_profile, run_paths
 from .storage import show
+from .train import load_checkpoint
 
 
 def analyse_run(profile: Profile, test_data, *, run_dir, fingerprint: str, device, progress: bool = True,
