@@ -52,8 +52,8 @@ def measure(n: int, method: str, pairs_per_call: int | None, keep_full: bool, de
 
     def run(k, some=None):
         if method == "naive":
-            return [lie_bracket(model, loss_fn, (inputs[i:i + 1], targets[i:i + 1]), (inputs[j:j + 1], targets[j:j + 1]))
-                    for i, j in some or [(0, 1)]]
+            return [lie_bracket(model, loss_fn, (inputs[i:i + 1], targets[i:i + 1]),
+                                (inputs[j:j + 1], targets[j:j + 1])) for i, j in some or [(0, 1)]]
         return bracket_matrix(model, loss_fn, inputs[:k], targets[:k], method=method, pairs_per_call=pairs_per_call,
                               reduce=None if keep_full else rms_vector, pairs=some)
     run(2)  # warm-up: first-call set-up of forward-mode AD and the allocator

@@ -388,8 +388,9 @@ def bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, ta
     c = `pairs_per_call` pairs per call (default PAIRS_PER_CALL), so memory is bounded whatever N:
     bytes ≈ s·P·(N + 4c) + 2c·A, with s bytes per number, P parameters, N gradients, the 2c
     tangents and 2c products of one call, and A one example's working memory of a
-    reverse-over-forward product (its activations and their tangents). Default model (P = 0.71 M, float32), c = 32: 0.36 GB of products and tangents
-    plus 0.18 GB of gradients at N = 64 (benchmarks/bench_many_examples.py measures the rest).
+    reverse-over-forward product (its activations and their tangents). Default model
+    (P = 0.71 M, float32), c = 32: 0.36 GB of products and tangents, 0.18 GB of gradients at
+    N = 64 (benchmarks/bench_many_examples.py measures the whole).
     method "rows": plain autograd, one double-backward graph per example (brackets_by_rows):
     memory holds N graphs and one bracket, whatever `pairs_per_call`.
     method "auto": "rows" on the CPU for models above ROWS_ABOVE_PARAMETERS_ON_CPU
