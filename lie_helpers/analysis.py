@@ -34,7 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import baselines, run_folder, storage
-from .brackets import bracket_matrix, bracket_mode, parameters_of, pushforward, rms_per_tensor
+from .brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, bracket_mode, checked_pairs_per_call,
+                       parameters_of, pushforward, rms_per_tensor)
 from .config import Profile, run_paths
 from .losses import IndependentBCE, get_loss
 from .storage import show
@@ -65,25 +66,41 @@ def fixed_inputs(profile: Profile, test_data, device="cpu", dtype=torch.float32)
 
 
 def analyse_checkpoint(model, loss_fn, examples, targets, batch, *, batch_targets=None,
-                       keep_full: bool = False) -> dict:
+                       keep_full: bool = False, pairs_per_call: int | None = None) -> dict:
     """The compact record of one checkpoint (see the module docstring); with keep_full, also every bracket.
 
     With `batch_targets` and the independent loss, the first-order baselines are stored too.
+    pairs_per_call: bracket_matrix's memory bound (default brackets.PAIRS_PER_CALL).
     """
-    full = {}
+    matrix = reduced_brackets(model, loss_fn, examples, targets, batch, keep_full=keep_full,
+                              pairs_per_call=pairs_per_call)
+    return checkpoint_record(model, loss_fn, examples, targets, batch, matrix, batch_targets=batch_targets)
 
+
+def reduced_brackets(model, loss_fn, examples, targets, batch, *, keep_full: bool = False,
+                     pairs_per_call: int | None = None, pairs=None) -> BracketMatrix:
+    """bracket_matrix of the examples with each bracket reduced on the fly to (RMS per tensor [tensors],
+    pushforward onto `batch` [batch, outputs], the bracket in float16 with keep_full else None) and each
+    gradient to its RMS per tensor; only `pairs` (default all: see bracket_matrix)."""
     def rms_vector(field):
         return torch.tensor(list(rms_per_tensor(field).values()))
 
     def reduce(bracket):
-        return rms_vector(bracket), pushforward(model, batch, bracket).detach().cpu()
+        full = {k: t.detach().to("cpu", torch.float16) for k, t in bracket.items()} if keep_full else None
+        return rms_vector(bracket), pushforward(model, batch, bracket).detach().cpu(), full
 
-    def reduce_and_keep(bracket):
-        full[len(full)] = {k: t.detach().to("cpu", torch.float16) for k, t in bracket.items()}
-        return reduce(bracket)
+    return bracket_matrix(model, loss_fn, examples, targets, reduce=reduce, reduce_gradient=rms_vector,
+                          pairs_per_call=pairs_per_call, pairs=pairs)
 
-    matrix = bracket_matrix(model, loss_fn, examples, targets, reduce=reduce_and_keep if keep_full else reduce,
-                            reduce_gradient=rms_vector)
+
+def checkpoint_record(model, loss_fn, examples, targets, batch, matrix: BracketMatrix, *,
+                      batch_targets=None) -> dict:
+    """The record of one checkpoint from its reduced brackets (reduced_brackets, every pair; they may
+    come from several processes), the batch's logits and, with `batch_targets`, the baselines."""
+    missing = [p for p in matrix.pairs if p not in matrix.brackets]
+    if missing:
+        raise ValueError(f"The reduced brackets lack {len(missing)} of {len(matrix.pairs)} pairs "
+                         f"(first {missing[0]}): a record needs every pair.")
     with bracket_mode(model), torch.no_grad():   # the same mode as the fields, TF32 off on a GPU
         batch_logits = model(batch).cpu()
     record = {
@@ -101,8 +118,8 @@ def analyse_checkpoint(model, loss_fn, examples, targets, batch, *, batch_target
             "attribute_gradient_gram": baselines.attribute_gradient_gram(model, loss_fn, batch, batch_targets).cpu(),
             "batch_targets": batch_targets.cpu(),
         })
-    if keep_full:
-        record["full"] = {f"{i}-{j}/{k}": t for (i, j), b in zip(matrix.pairs, full.values()) for k, t in b.items()}
+    if matrix.brackets[matrix.pairs[0]][2] is not None:
+        record["full"] = {f"{i}-{j}/{k}": t for (i, j) in matrix.pairs for k, t in matrix.brackets[(i, j)][2].items()}
     return record
 
 
@@ -113,19 +130,21 @@ def full_brackets_bytes(profile: Profile, n_parameters: int, n_checkpoints: int)
 
 
 def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, device=None,
-                progress: bool = True) -> list[int]:
+                progress: bool = True, pairs_per_call: int | None = None) -> list[int]:
     """Compute and store the record of every checkpoint of the run that has no good record yet; returns the steps.
 
     A record that is missing, made under another key or from another checkpoint, or altered
     since it was written is recomputed (and said so). Holds the run folder's lock.
     device: where to compute, by default CUDA when available (TF32 stays off there).
+    pairs_per_call: bracket_matrix's memory bound (default brackets.PAIRS_PER_CALL; lower it for a
+    large model on a small GPU).
     Across processes: lie_helpers.distributed, with the same per-checkpoint code.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     paths = run_paths(profile, run_dir)
     with run_folder.lock(paths):
         key, steps, todo = records_to_compute(paths, profile, fingerprint)
-        inputs = record_inputs(profile, test_data, device)
+        inputs = record_inputs(profile, test_data, device, pairs_per_call)
         for step in tqdm(todo, desc="brackets", disable=not progress):
             store_record(paths, profile, step, key, inputs)
             run_folder.add_record(paths, step, key)
@@ -141,13 +160,16 @@ class RecordInputs:
     batch: torch.Tensor
     batch_targets: torch.Tensor
     device: torch.device
+    pairs_per_call: int = PAIRS_PER_CALL
 
 
-def record_inputs(profile: Profile, test_data, device) -> RecordInputs:
-    """The loss, the bracket examples and their targets, the pushforward batch and its targets, on `device`."""
+def record_inputs(profile: Profile, test_data, device, pairs_per_call: int | None = None) -> RecordInputs:
+    """The loss, the bracket examples and their targets, the pushforward batch and its targets, on `device`,
+    and the pairs per vmapped call (default brackets.PAIRS_PER_CALL)."""
     examples, targets, batch = fixed_inputs(profile, test_data, device)
     batch_targets = test_data[1][:profile.pushforward_batch].to(device=device, dtype=targets.dtype)
-    return RecordInputs(get_loss(profile.loss), examples, targets, batch, batch_targets, torch.device(device))
+    return RecordInputs(get_loss(profile.loss), examples, targets, batch, batch_targets, torch.device(device),
+                        checked_pairs_per_call(pairs_per_call))
 
 
 def records_to_compute(paths, profile: Profile, fingerprint: str) -> tuple[str, list[int], list[int]]:
@@ -179,8 +201,13 @@ def store_record(paths, profile: Profile, step: int, key: str, inputs: RecordInp
     model = load_checkpoint(paths.root, step, profile, device=inputs.device)
     start = time.perf_counter()
     record = analyse_checkpoint(model, inputs.loss_fn, inputs.examples, inputs.targets, inputs.batch,
-                                batch_targets=inputs.batch_targets, keep_full=profile.save_full_brackets)
-    seconds = time.perf_counter() - start
+                                batch_targets=inputs.batch_targets, keep_full=profile.save_full_brackets,
+                                pairs_per_call=inputs.pairs_per_call)
+    write_record(paths, step, key, model, record, time.perf_counter() - start)
+
+
+def write_record(paths, step: int, key: str, model, record: dict, seconds: float) -> None:
+    """Write a checkpoint's record (and its full brackets) atomically, with its key, step, tensor names and time."""
     if "full" in record:
         storage.atomic_save_tensors(paths.full_record(step), record.pop("full"))
     storage.atomic_save_tensors(paths.record(step), record, metadata={

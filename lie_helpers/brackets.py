@@ -317,15 +317,27 @@ class BracketMatrix:
 ROWS_ABOVE_PARAMETERS_ON_CPU = 2_000_000
 
 
-def brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs_per_call):
+# Pairs in one vmapped call of `bracket_matrix` unless the caller says otherwise: the memory
+# bound (see bracket_matrix). 32 keeps the default 6 examples (15 pairs) in one call, as before,
+# and N = 64 (2,016 pairs) in 63 calls.
+PAIRS_PER_CALL = 32
+
+
+def pair_chunks(pairs: list[tuple[int, int]], pairs_per_call: int) -> list[list[tuple[int, int]]]:
+    """`pairs` in consecutive chunks of `pairs_per_call`: the vmapped calls of `bracket_matrix`, in order.
+
+    Processes that share the pairs of one checkpoint take whole chunks of BracketMatrix(n).pairs,
+    so each makes exactly the calls one process makes (lie_helpers.distributed).
+    """
+    return [pairs[start:start + pairs_per_call] for start in range(0, len(pairs), pairs_per_call)]
+
+
+def brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call):
     """Gradients, then (pair, bracket) as each chunk of vmapped Hessian-vector products returns."""
-    pairs = BracketMatrix(inputs.shape[0]).pairs
     products = hessian_vector_products(loss_at, bn_mode)
     gradients = vmap(grad(loss_at), in_dims=(None, 0, 0))(params, inputs[:, None], targets[:, None])
     yield [{k: t[i] for k, t in gradients.items()} for i in range(inputs.shape[0])]
-    step = pairs_per_call or len(pairs)
-    for start in range(0, len(pairs), step):
-        chunk = pairs[start:start + step]
+    for chunk in pair_chunks(pairs, pairs_per_call):
         # Products 2k and 2k+1 are H_j g_i and H_i g_j for the k-th pair (i, j).
         example = torch.tensor([e for i, j in chunk for e in (j, i)], device=inputs.device)
         tangent = torch.tensor([t for i, j in chunk for t in (i, j)], device=inputs.device)
@@ -335,54 +347,64 @@ def brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs_per_call):
             yield pair, {name: t[2 * k] - t[2 * k + 1] for name, t in hvps.items()}
 
 
-def brackets_by_rows(loss_at, params, inputs, targets):
-    """Gradients, then (pair, bracket) in `BracketMatrix.pairs` order: one double-backward graph per example.
+def brackets_by_rows(loss_at, params, inputs, targets, pairs):
+    """Gradients, then (pair, bracket) in the order of `pairs`: one double-backward graph per example.
 
     N graph builds and N(N−1) backward sweeps, against 2 builds and 2 sweeps per pair for
     the naive way. Both products of a pair come from the two examples' graphs at once, so
-    beside the N graphs only one bracket is held at a time (holding H_i g_j until H_j g_i
-    came would hold up to N²/4 parameter-sized products); a graph is freed after its last pair.
+    beside the graphs only one bracket is held at a time (holding H_i g_j until H_j g_i
+    came would hold up to N²/4 parameter-sized products); a graph is built only for an example
+    of `pairs` and freed after its last pair.
     """
     n = inputs.shape[0]
+    last_pair = {e: k for k, pair in enumerate(pairs) for e in pair}
     leaves = {k: p.clone().requires_grad_(True) for k, p in params.items()}
     names, tensors = list(leaves), list(leaves.values())
     with torch.enable_grad():
         graphs = [torch.autograd.grad(loss_at(leaves, inputs[j:j + 1], targets[j:j + 1]), tensors,
                                       create_graph=True, materialize_grads=True) for j in range(n)]
         gradients = [[g.detach() for g in graph] for graph in graphs]
+        graphs = [graph if j in last_pair else None for j, graph in enumerate(graphs)]
         yield [dict(zip(names, g)) for g in gradients]
 
         def product(j, i):  # H_j g_i
             return torch.autograd.grad(graphs[j], tensors, grad_outputs=gradients[i], retain_graph=True,
                                        allow_unused=True, materialize_grads=True)
-        for i in range(n):
-            for j in range(i + 1, n):
-                yield (i, j), {k: a - b for k, a, b in zip(names, product(j, i), product(i, j))}
-            graphs[i] = None  # example i's last pair is done
+        for k, (i, j) in enumerate(pairs):
+            yield (i, j), {name: a - b for name, a, b in zip(names, product(j, i), product(i, j))}
+            for e in (i, j):
+                if last_pair[e] == k:
+                    graphs[e] = None  # example e's last pair is done
 
 
 def bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, *,
                    reduce: Callable | None = None, reduce_gradient: Callable | None = None,
                    bn_mode: str = "eval", method: str = "auto",
-                   pairs_per_call: int | None = None) -> BracketMatrix:
+                   pairs_per_call: int | None = None, pairs: list | None = None) -> BracketMatrix:
     """All N(N−1)/2 brackets among the examples (inputs[i:i+1], targets[i:i+1]), with the least work.
 
     method "vmap": N per-example gradients (one vmapped call), then the N(N−1)
     Hessian-vector products H_j g_i (i ≠ j), vmapped over examples and tangents together,
-    `pairs_per_call` pairs per call (default: all in one call; lower it for a large model
-    on a small GPU: memory holds 2·pairs_per_call parameter-sized products).
-    method "rows": plain autograd, one double-backward graph per example (brackets_by_rows).
+    c = `pairs_per_call` pairs per call (default PAIRS_PER_CALL), so memory is bounded whatever N:
+    bytes ≈ s·P·(N + 4c) + 2c·A, with s bytes per number, P parameters, N gradients, the 2c
+    tangents and 2c products of one call, and A one example's working memory of a
+    reverse-over-forward product (its activations and their tangents). Default model
+    (P = 0.71 M, float32), c = 32: 0.36 GB of products and tangents, 0.18 GB of gradients at
+    N = 64; measured peak growth on the CPU 0.9-1.1 GiB for N = 16-64, against 2 GiB for N = 16's
+    120 pairs in one call (benchmarks/bench_many_examples.py).
+    method "rows": plain autograd, one double-backward graph per example (brackets_by_rows):
+    memory holds N graphs and one bracket, whatever `pairs_per_call`.
     method "auto": "rows" on the CPU for models above ROWS_ABOVE_PARAMETERS_ON_CPU
     parameters, else "vmap" (see that constant for the measurements).
     Each bracket [v_i, v_j] = H_j g_i − H_i g_j is handed to `reduce` (e.g. per-tensor RMS,
     a pushforward onto logits) as soon as it is complete, then dropped, so no caller needs
     all N² full brackets in memory.
+    pairs: compute only these (i < j), in this order (default: every pair, BracketMatrix.pairs);
+    `brackets` then holds only them. A share of whole chunks (pair_chunks of every pair) makes
+    the very vmapped calls of the whole matrix, so on the CPU its brackets are those bits.
     """
     params = parameters_of(model)
-    if pairs_per_call is not None and (isinstance(pairs_per_call, bool) or not isinstance(pairs_per_call, int)
-                                       or pairs_per_call < 1):
-        raise ValueError(f"pairs_per_call must be a positive integer (or None: all pairs in one call), "
-                         f"got {pairs_per_call!r}.")
+    pairs_per_call = checked_pairs_per_call(pairs_per_call)
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs and targets hold different numbers of examples: "
                          f"{inputs.shape[0]} and {targets.shape[0]}.")
@@ -390,15 +412,16 @@ def bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, ta
     if n < 2:
         raise ValueError(f"bracket_matrix needs at least 2 examples, got {n}.")
     check_example((inputs[:1], targets[:1]), "inputs[0]", params)
+    pairs = check_pairs(n, pairs)
     if method == "auto":
         on_cpu = inputs.device.type == "cpu"
         large = sum(p.numel() for p in params.values()) > ROWS_ABOVE_PARAMETERS_ON_CPU
         method = "rows" if on_cpu and large else "vmap"
     loss_at = example_loss(model, loss_fn)
     if method == "vmap":
-        stream = brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs_per_call)
+        stream = brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call)
     elif method == "rows":
-        stream = brackets_by_rows(loss_at, params, inputs, targets)
+        stream = brackets_by_rows(loss_at, params, inputs, targets, pairs)
     else:
         raise ValueError(f"method must be 'auto', 'vmap' or 'rows', got {method!r}.")
     reduce = reduce or (lambda b: b)
@@ -408,3 +431,25 @@ def bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, ta
         for pair, bracket in stream:
             result.brackets[pair] = reduce(bracket)
     return result
+
+
+def checked_pairs_per_call(pairs_per_call) -> int:
+    """`pairs_per_call` if it is a positive integer; None: PAIRS_PER_CALL."""
+    if pairs_per_call is None:
+        return PAIRS_PER_CALL
+    if isinstance(pairs_per_call, bool) or not isinstance(pairs_per_call, int) or pairs_per_call < 1:
+        raise ValueError(f"pairs_per_call must be a positive integer (or None: PAIRS_PER_CALL = {PAIRS_PER_CALL}), "
+                         f"got {pairs_per_call!r}.")
+    return pairs_per_call
+
+
+def check_pairs(n: int, pairs) -> list[tuple[int, int]]:
+    """`pairs` as a list of distinct (i, j) with 0 <= i < j < n; None: every pair of n examples."""
+    if pairs is None:
+        return BracketMatrix(n).pairs
+    checked = [tuple(p) for p in pairs]
+    bad = [p for p in checked if len(p) != 2 or not all(isinstance(e, int) for e in p) or not 0 <= p[0] < p[1] < n]
+    if bad or len(set(checked)) != len(checked) or not checked:
+        problem = f"{bad[0]!r} is not (i, j) with 0 <= i < j < {n}" if bad else "it is empty or repeats a pair"
+        raise ValueError(f"pairs must be distinct pairs (i, j) of example indices with i < j: {problem}.")
+    return checked

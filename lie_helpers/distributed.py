@@ -4,13 +4,26 @@
 
 Every process joins torch.distributed (NCCL on GPUs, one GPU per process; gloo on CPUs).
 Rank 0 holds the run folder's lock and decides which checkpoints need a record (missing or
-not verifying, as analyse_run does); the ranks take them round-robin, rank r the r-th,
-(r + world)-th, … of the sorted list, and compute each with the single-process code
-(analysis.store_record: the same inputs, the same function, the record written atomically).
-After each round a barrier, then rank 0 alone enters that round's records in the manifest,
-so the manifest is never written by two processes and an interrupted analysis resumes per
+not verifying, as analyse_run does). The ranks then share the work in one of two ways:
+
+- checkpoints (few pairs): the ranks take the checkpoints round-robin, rank r the r-th,
+  (r + world)-th, … of the sorted list, and compute each with the single-process code
+  (analysis.store_record: the same inputs, the same function, the record written atomically);
+  after each round a barrier, then rank 0 enters that round's records in the manifest.
+- pairs (many examples): when one record has at least as many chunks of pairs as there are
+  ranks (chunks of --pairs-per-call consecutive pairs, default brackets.PAIRS_PER_CALL = 32:
+  N = 64 examples are 2,016 pairs in 63 chunks), all ranks work on one checkpoint at a time,
+  rank r taking chunks r, r + world, …; each reduces its brackets on the fly, as one process
+  does (analysis.reduced_brackets), the reductions (a few kB per pair) are gathered to rank 0
+  (dist.gather_object), and rank 0 completes the record (gradients, logits, baselines:
+  analysis.checkpoint_record), writes it atomically and enters it in the manifest. Not with
+  save_full_brackets (the full brackets would travel between processes): those runs share
+  checkpoints.
+
+Either way the manifest is written by rank 0 alone and an interrupted analysis resumes per
 checkpoint. On the CPU the records are bit for bit those of one process at the same number
-of threads per process (torchrun sets OMP_NUM_THREADS=1 unless it is set).
+of threads per process (torchrun sets OMP_NUM_THREADS=1 unless it is set) and the same
+--pairs-per-call: a rank's chunks are the very vmapped calls one process makes.
 
 The test split is the profile's (celeba.load_profile_split, as in notebook 02; rank 0 loads
 and caches it first), or --test-tensors FILE: a safetensors file with `images` (uint8
@@ -25,6 +38,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -32,13 +46,17 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import analysis, celeba, run_folder, storage
+from .brackets import PAIRS_PER_CALL, BracketMatrix, pair_chunks
 from .chain import REPO_DIR, ChainError, parse_overrides
 from .config import PROFILES, Profile, get_profile, run_paths
 from .storage import show
+from .train import load_checkpoint
 
 
-def analyse_run(profile: Profile, test_data, *, run_dir, fingerprint: str, device, progress: bool = True) -> list[int]:
-    """analysis.analyse_run with the checkpoints shared among the ranks of the initialised process group.
+def analyse_run(profile: Profile, test_data, *, run_dir, fingerprint: str, device, progress: bool = True,
+                pairs_per_call: int | None = None) -> list[int]:
+    """analysis.analyse_run with the checkpoints, or the pairs of each, shared among the ranks of the
+    initialised process group (see the module docstring for which).
 
     Returns the steps whose record was computed (by all ranks together); every rank raises the
     errors analyse_run would.
@@ -56,7 +74,14 @@ def analyse_run(profile: Profile, test_data, *, run_dir, fingerprint: str, devic
         if isinstance(plan[0], Exception):
             raise plan[0]
         key, _, todo = plan[0]
-        inputs = analysis.record_inputs(profile, test_data, device)
+        inputs = analysis.record_inputs(profile, test_data, device, pairs_per_call)
+        if shares_pairs(profile, inputs.pairs_per_call, world):
+            for step in tqdm(todo, desc=f"brackets ({world} processes, pairs shared)",
+                             disable=not progress or rank != 0):
+                store_shared_record(paths, profile, step, key, inputs)
+                if rank == 0:
+                    run_folder.add_record(paths, step, key)
+            return todo
         mine = share(todo, rank, world)
         for turn in tqdm(range(-(-len(todo) // world)), desc=f"brackets ({world} processes)",
                          disable=not progress or rank != 0):
@@ -69,9 +94,35 @@ def analyse_run(profile: Profile, test_data, *, run_dir, fingerprint: str, devic
     return todo
 
 
-def share(steps: list[int], rank: int, world: int) -> list[int]:
-    """The steps rank `rank` of `world` computes: round-robin over the sorted list."""
-    return steps[rank::world]
+def shares_pairs(profile: Profile, pairs_per_call: int, world: int) -> bool:
+    """Whether the ranks share the pairs of each checkpoint: at least one chunk of pairs per rank, no full brackets."""
+    n = profile.bracket_examples
+    chunks = len(pair_chunks(BracketMatrix(n).pairs, pairs_per_call))
+    return world > 1 and chunks >= world and not profile.save_full_brackets
+
+
+def store_shared_record(paths, profile: Profile, step: int, key: str, inputs: analysis.RecordInputs) -> None:
+    """Checkpoint `step`'s record from all ranks: each reduces its chunks of pairs, rank 0 gathers and writes."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = load_checkpoint(paths.root, step, profile, device=inputs.device)
+    start = time.perf_counter()
+    chunks = pair_chunks(BracketMatrix(profile.bracket_examples).pairs, inputs.pairs_per_call)
+    mine = [pair for chunk in share(chunks, rank, world) for pair in chunk]
+    matrix = analysis.reduced_brackets(model, inputs.loss_fn, inputs.examples, inputs.targets, inputs.batch,
+                                       pairs_per_call=inputs.pairs_per_call, pairs=mine)
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(matrix.brackets, gathered, dst=0)
+    if rank == 0:
+        for brackets in gathered:
+            matrix.brackets.update(brackets)
+        record = analysis.checkpoint_record(model, inputs.loss_fn, inputs.examples, inputs.targets, inputs.batch,
+                                            matrix, batch_targets=inputs.batch_targets)
+        analysis.write_record(paths, step, key, model, record, time.perf_counter() - start)
+
+
+def share(items: list, rank: int, world: int) -> list:
+    """The items (steps, chunks of pairs) rank `rank` of `world` computes: round-robin over the list."""
+    return items[rank::world]
 
 
 def load_test_split(profile: Profile, test_tensors=None) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
@@ -111,6 +162,12 @@ def _device() -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def _positive_integer(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a positive integer, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m lie_helpers.distributed",
                                      description=__doc__.split("\n\n")[0])
@@ -121,6 +178,9 @@ def main(argv=None) -> int:
                         help="run folder (default: runs/<run folder name>, as the chain and the notebooks find it)")
     parser.add_argument("--test-tensors", type=Path, metavar="FILE",
                         help="test split as a safetensors file (default: the profile's data)")
+    parser.add_argument("--pairs-per-call", type=_positive_integer, metavar="C",
+                        help="pairs per vmapped call, the unit of a rank's share of pairs (default: "
+                             "brackets.PAIRS_PER_CALL); the records equal one process's at the same C")
     parser.add_argument("--no-progress-bar", action="store_true")
     args = parser.parse_args(argv)
     if "RANK" not in os.environ:
@@ -144,8 +204,11 @@ def main(argv=None) -> int:
         if args.test_tensors is None:
             test_data, fingerprint = _profile_test_split(profile)
         computed = analyse_run(profile, test_data, run_dir=run_dir, fingerprint=fingerprint, device=device,
-                               progress=not args.no_progress_bar)
-        print(f"rank {rank} of {world} computed steps {share(computed, rank, world)}", flush=True)
+                               progress=not args.no_progress_bar, pairs_per_call=args.pairs_per_call)
+        if shares_pairs(profile, args.pairs_per_call or PAIRS_PER_CALL, world):
+            print(f"rank {rank} of {world} computed its share of the pairs of steps {computed}", flush=True)
+        else:
+            print(f"rank {rank} of {world} computed steps {share(computed, rank, world)}", flush=True)
         dist.barrier()
         if rank == 0:
             manifest = run_paths(profile, run_dir).manifest

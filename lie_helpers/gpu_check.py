@@ -61,7 +61,8 @@ from . import __version__, storage
 from .analysis import analyse_checkpoint, fixed_inputs
 from .attributes import ATTRIBUTES
 from .bench import benchmark_model, median, peak_memory, random_examples, synchronize, time_bracket_methods, timed
-from .brackets import BracketMatrix, bracket_matrix, brackets_vmapped, example_loss, parameters_of, relative_error
+from .brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, brackets_vmapped, example_loss, parameters_of,
+                       relative_error)
 from .celeba import load_split
 from .config import Profile, get_profile
 from .generated_celeba import generate_celeba
@@ -189,10 +190,12 @@ def tf32(enabled: bool):
 def brackets_with_tf32(model, loss_fn, inputs, targets) -> BracketMatrix:
     """bracket_matrix's vmapped engine with TF32 on: run outside bracket_mode on purpose, to see its cost."""
     with tf32(True):
+        matrix = BracketMatrix(inputs.shape[0])
         stream = brackets_vmapped(example_loss(model.eval(), loss_fn), parameters_of(model), inputs, targets,
-                                  "eval", None)
-        gradients = next(stream)
-        return BracketMatrix(inputs.shape[0], brackets=dict(stream), gradients=gradients)
+                                  "eval", matrix.pairs, PAIRS_PER_CALL)
+        matrix.gradients = next(stream)
+        matrix.brackets = dict(stream)
+        return matrix
 
 
 def float32_vs_float64(ctx: Context, out: dict) -> None:

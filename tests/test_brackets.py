@@ -119,6 +119,54 @@ def test_bracket_matrix_in_chunks_equals_all_at_once():
             assert rel_err(chunked.brackets[pair], together.brackets[pair]) < 1e-13
 
 
+def test_the_default_cap_bounds_each_vmapped_call_and_changes_no_bracket(monkeypatch):
+    """N = 9 (36 pairs) under PAIRS_PER_CALL = 32: calls of 64 and 8 products, the brackets of one call of 72."""
+    model, (x, y) = conv_net(), data(n=9)
+    calls = []
+
+    def counting(loss_at, bn_mode, _real=lh.brackets.hessian_vector_products):
+        products = _real(loss_at, bn_mode)
+        return lambda params, inputs, *rest: calls.append(inputs.shape[0]) or products(params, inputs, *rest)
+    monkeypatch.setattr(lh.brackets, "hessian_vector_products", counting)
+    capped = lh.bracket_matrix(model, loss_fn, x, y, method="vmap")
+    assert lh.brackets.PAIRS_PER_CALL == 32 and calls == [64, 8]
+    calls.clear()
+    uncapped = lh.bracket_matrix(model, loss_fn, x, y, method="vmap", pairs_per_call=36)
+    assert calls == [72]
+    for pair in uncapped.pairs:
+        assert rel_err(capped.brackets[pair], uncapped.brackets[pair]) < 1e-13
+
+
+def test_pair_chunks_cover_the_pairs_in_order():
+    pairs = lh.BracketMatrix(64).pairs
+    chunks = lh.brackets.pair_chunks(pairs, lh.brackets.PAIRS_PER_CALL)
+    assert len(chunks) == 63 and all(len(c) == 32 for c in chunks)
+    assert sum(chunks, []) == pairs
+    assert [len(c) for c in lh.brackets.pair_chunks(lh.BracketMatrix(4).pairs, 4)] == [4, 2]
+
+
+@pytest.mark.parametrize("method", ["vmap", "rows"])
+def test_a_share_of_whole_chunks_gives_the_bits_of_the_whole_matrix(method):
+    """What one process of several computes (lie_helpers.distributed): the same bits, only its pairs."""
+    model, (x, y) = conv_net(), data(n=4)
+    whole = lh.bracket_matrix(model, loss_fn, x, y, method=method, pairs_per_call=2)
+    chunks = lh.brackets.pair_chunks(whole.pairs, 2)
+    share = chunks[0] + chunks[2]
+    part = lh.bracket_matrix(model, loss_fn, x, y, method=method, pairs_per_call=2, pairs=share)
+    assert list(part.brackets) == share
+    for pair in share:
+        assert all(torch.equal(part.brackets[pair][k], whole.brackets[pair][k]) for k in whole.brackets[pair])
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(part.gradients, whole.gradients) for k in a)
+
+
+def test_bad_pairs_are_refused():
+    model, (x, y) = conv_net(), data(n=3)
+    for bad, says in (([(1, 0)], r"\(1, 0\) is not \(i, j\) with 0 <= i < j < 3"), ([(0, 3)], "< 3"),
+                      ([(0, 1), (0, 1)], "repeats a pair"), ([], "empty")):
+        with pytest.raises(ValueError, match=says):
+            lh.bracket_matrix(model, loss_fn, x, y, pairs=bad)
+
+
 @pytest.mark.parametrize("method", ["vmap", "rows"])
 def test_bracket_matrix_reduces_on_the_fly(method):
     model, (x, y) = conv_net(), data(n=3)

@@ -1,4 +1,5 @@
-"""The bracket analysis across processes: torchrun with 2 CPU processes stores one process's records, bit for bit."""
+"""The bracket analysis across processes: torchrun with 2 CPU processes stores one process's records, bit for bit,
+sharing the checkpoints or the pairs of each."""
 import os
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ SETTINGS = dict(image_size=16, width=0.125, steps=4, checkpoint_every=2, batch_s
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A trained tiny run (not analysed), its test split in a file, and the single-process records of a copy."""
+    """A trained tiny run (not analysed), its test split in a file, and the single-process records of two copies:
+    at the default pairs per call (single) and at one pair per call (single-pairs, the unit of a shared pair)."""
     root = tmp_path_factory.mktemp("distributed")
     profile = get_profile("ci", **SETTINGS)
     train(profile, root / "run", random_split(32, 16, 0), random_split(16, 16, 1), fingerprint="data-a",
@@ -30,19 +32,22 @@ def run(tmp_path_factory):
     storage.atomic_save_tensors(root / "test.safetensors", {"images": test[0], "attributes": test[1]},
                                 metadata={"fingerprint": "data-a"})
     shutil.copytree(root / "run", root / "single")
+    shutil.copytree(root / "run", root / "single-pairs")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # as in each torchrun process (OMP_NUM_THREADS=1): the same kernels, the same bits
     try:
         analysis.analyse_run(profile, test, run_dir=root / "single", fingerprint="data-a", progress=False)
+        analysis.analyse_run(profile, test, run_dir=root / "single-pairs", fingerprint="data-a", progress=False,
+                             pairs_per_call=1)
     finally:
         torch.set_num_threads(threads)
     return profile, root, test
 
 
-def torchrun(run_dir, test_file, processes=2):
+def torchrun(run_dir, test_file, processes=2, *options):
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone",
                "-m", "lie_helpers.distributed", "--profile", "ci", "--run-dir", str(run_dir),
-               "--test-tensors", str(test_file), "--no-progress-bar",
+               "--test-tensors", str(test_file), "--no-progress-bar", *options,
                *[a for k, v in SETTINGS.items() for a in ("--set", f"{k}={v}")]]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
@@ -86,6 +91,37 @@ def test_two_processes_store_the_records_of_one_and_resume(run):
     assert {k: untouched[k] for k in stamps if k != paths.record(2).name} == \
            {k: v for k, v in stamps.items() if k != paths.record(2).name}
     assert_same_records(single, paths, [2])
+
+
+@pytest.mark.slow
+def test_two_processes_sharing_the_pairs_store_the_records_of_one(run):
+    """3 pairs at one pair per call are 3 chunks for 2 ranks: rank 0 reduces pairs (0, 1) and (1, 2), rank 1 (0, 2)."""
+    profile, root, _ = run
+    multi = root / "multi-pairs"
+    shutil.copytree(root / "run", multi)
+    out = torchrun(multi, root / "test.safetensors", 2, "--pairs-per-call", "1")
+    assert "3 bracket record(s) computed by 2 process(es) on cpu" in out
+    assert "rank 1 of 2 computed its share of the pairs of steps [0, 2, 4]" in out
+    paths = run_folder.RunPaths(multi)
+    assert_same_records(run_folder.RunPaths(root / "single-pairs"), paths, [0, 2, 4])
+    key = analysis.analysis_key(profile, "data-a")
+    assert all(run_folder.record_problem(paths, s, key) is None for s in (0, 2, 4))
+
+
+def test_pairs_are_shared_when_every_rank_has_a_chunk_and_no_full_brackets_are_kept():
+    many = get_profile("default", bracket_examples=64)   # 2,016 pairs: 63 chunks of 32
+    assert distributed.shares_pairs(many, 32, 8) and distributed.shares_pairs(many, 32, 63)
+    assert not distributed.shares_pairs(many, 32, 64) and not distributed.shares_pairs(many, 32, 1)
+    assert not distributed.shares_pairs(get_profile("default"), 32, 2)   # 15 pairs: one chunk
+    assert distributed.shares_pairs(get_profile("default"), 1, 2)
+    assert not distributed.shares_pairs(get_profile("default", bracket_examples=64, save_full_brackets=True), 32, 8)
+
+
+def test_a_bad_pairs_per_call_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit):
+        distributed.main(["--profile", "ci", "--pairs-per-call", "0"])
+    assert "a positive integer, got '0'" in capsys.readouterr().err
 
 
 def test_one_process_group_of_one_is_analyse_run(run, tmp_path):
