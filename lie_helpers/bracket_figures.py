@@ -703,3 +703,50 @@ def plot_first_order(comparison, rms_fits: dict):
     ax_rms.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- real order effects (notebook 02)
+
+SWAP_PREDICTIONS = {"sgd control": ("sgd_cosine", "sgd_ratio"), "lr²·bracket": ("bracket_cosine", "bracket_ratio"),
+                    "J·(v_A − v_B)": ("gradient_cosine", None), "Adam, frozen gradients": ("adam_frozen_cosine", "adam_frozen_ratio"),
+                    "Adam-aware": ("adam_aware_cosine", "adam_aware_ratio")}
+
+
+def plot_real_swaps(table: dict):
+    """Cosine and size ratio of each prediction with the real swap effect (order_effects.summarise), one dot a swap.
+
+    "sgd control" compares the bracket with the swap of plain eval-mode SGD steps (the brackets' own
+    dynamics): it must sit at 1 in both panels. Dots are coloured by checkpoint.
+    """
+    steps = sorted(set(table["step"].tolist()))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, len(steps)))
+    fig, (ax_c, ax_r, ax_o) = plt.subplots(1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [3, 3, 1.3]})
+    rng = np.random.default_rng(0)
+    for k, (label, (cos_key, ratio_key)) in enumerate(SWAP_PREDICTIONS.items()):
+        jitter = rng.uniform(-0.15, 0.15, len(table["step"]))
+        colour = [colours[steps.index(s)] for s in table["step"]]
+        ax_c.scatter(table[cos_key], k + jitter, c=colour, s=18)
+        if ratio_key:
+            ax_r.scatter(table[ratio_key], k + jitter, c=colour, s=18)
+    for ax in (ax_c, ax_r):
+        ax.set_yticks(range(len(SWAP_PREDICTIONS)), list(SWAP_PREDICTIONS))
+        ax.invert_yaxis()
+        ax.axhline(0.5, color="0.7", lw=0.8)
+    ax_r.set_yticklabels([])
+    ax_c.axvline(1, color="0.3", lw=0.8, ls=":")
+    ax_c.axvline(0, color="0.3", lw=0.8)
+    ax_c.set(xlim=(-1.05, 1.05), xlabel="cosine with the real swap over the 32 × 40 logits",
+             title="Direction (sgd control: bracket vs SGD's own swap)")
+    ax_r.set_xscale("log")
+    ax_r.axvline(1, color="0.3", lw=0.8, ls=":")
+    ax_r.set(xlabel="size of the prediction / size of the real swap (RMS)", title="Size")
+    ax_o.scatter(np.zeros_like(table["lr_order"]) + rng.uniform(-0.2, 0.2, len(table["step"])), table["lr_order"],
+                 c=[colours[steps.index(s)] for s in table["step"]], s=18)
+    for level, text in ((1, "1: Adam's moments"), (2, "2: a bracket")):
+        ax_o.axhline(level, color="0.3", lw=0.8, ls=":")
+        ax_o.text(0.3, level, text, fontsize=7, va="bottom", ha="right")
+    ax_o.set(xlim=(-0.5, 0.5), ylim=(0.5, 2.5), xticks=[], ylabel="exponent of lr", title="Order in lr")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=f"step {s}") for s, c in zip(steps, colours)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(steps), fontsize=8, bbox_to_anchor=(0.5, -0.01))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig

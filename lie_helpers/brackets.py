@@ -100,16 +100,18 @@ def parameters_of(model: nn.Module) -> Params:
     return params
 
 
-def check_example(example, name: str = "example", params: Params | None = None) -> Example:
-    """Validate an (inputs, targets) pair with a leading batch dimension of 1."""
+def check_example(example, name: str = "example", params: Params | None = None, *, batch: bool = False) -> Example:
+    """Validate an (inputs, targets) pair with a leading batch dimension of 1 (any size with `batch`)."""
     if not (isinstance(example, (tuple, list)) and len(example) == 2
             and all(isinstance(t, torch.Tensor) for t in example)):
         raise TypeError(f"{name} must be a pair (inputs, targets) of tensors.")
     for part, tensor in zip(("inputs", "targets"), example):
-        if tensor.dim() == 0 or tensor.shape[0] != 1:
+        if tensor.dim() == 0 or (tensor.shape[0] != 1 and not batch):
             raise ValueError(
                 f"{name} {part} has shape {tuple(tensor.shape)}: an example needs a leading batch "
                 f"dimension of 1 (use t[None] or t[i:i+1]).")
+    if example[0].shape[0] != example[1].shape[0]:
+        raise ValueError(f"{name} has {example[0].shape[0]} inputs but {example[1].shape[0]} targets.")
     if params is not None:
         dtype = next(iter(params.values())).dtype
         if example[0].is_floating_point() and example[0].dtype != dtype:
@@ -117,11 +119,11 @@ def check_example(example, name: str = "example", params: Params | None = None) 
     return tuple(example)
 
 
-def check_pair(example_x, example_y, params: Params) -> tuple[Example, Example]:
-    x = check_example(example_x, "example_x", params)
-    y = check_example(example_y, "example_y", params)
+def check_pair(example_x, example_y, params: Params, *, batch: bool = False) -> tuple[Example, Example]:
+    x = check_example(example_x, "example_x", params, batch=batch)
+    y = check_example(example_y, "example_y", params, batch=batch)
     for part, a, b in zip(("inputs", "targets"), x, y):
-        if a.shape != b.shape:
+        if a.shape[1:] != b.shape[1:] or (a.shape != b.shape and not batch):
             raise ValueError(f"example_x and example_y {part} have different shapes: "
                              f"{tuple(a.shape)} and {tuple(b.shape)}.")
     return x, y
@@ -183,10 +185,11 @@ def rms_per_tensor(field_: Params) -> dict[str, float]:
 # ----------------------------------------------------------------------------- fields
 
 
-def gradient(model: nn.Module, loss_fn: Callable, example: Example, *, bn_mode: str = "eval") -> Params:
-    """g = ∇θ L(example); the example's field is v = −g."""
+def gradient(model: nn.Module, loss_fn: Callable, example: Example, *, bn_mode: str = "eval",
+             batch: bool = False) -> Params:
+    """g = ∇θ L(example); the example's field is v = −g (batch: a minibatch's loss, see lie_bracket)."""
     params = parameters_of(model)
-    inputs, targets = check_example(example, params=params)
+    inputs, targets = check_example(example, params=params, batch=batch)
     with bracket_mode(model, bn_mode):
         return grad(example_loss(model, loss_fn))(params, inputs, targets)
 
@@ -221,10 +224,10 @@ def hessian_vector_products(loss_at: Callable, bn_mode: str) -> Callable:
 
 
 def hvp(model: nn.Module, loss_fn: Callable, example: Example, vector: Params, *,
-        bn_mode: str = "eval") -> Params:
-    """H·vector, the Hessian of the example's loss times `vector`."""
+        bn_mode: str = "eval", batch: bool = False) -> Params:
+    """H·vector, the Hessian of the example's loss (batch: a minibatch's loss) times `vector`."""
     params = parameters_of(model)
-    inputs, targets = check_example(example, params=params)
+    inputs, targets = check_example(example, params=params, batch=batch)
     if vector.keys() != params.keys():
         raise ValueError("vector must have the same keys as the model's trainable parameters (parameters_of).")
     with bracket_mode(model, bn_mode):
@@ -234,14 +237,16 @@ def hvp(model: nn.Module, loss_fn: Callable, example: Example, vector: Params, *
 
 
 def lie_bracket(model: nn.Module, loss_fn: Callable, example_x: Example, example_y: Example, *,
-                bn_mode: str = "eval") -> Params:
+                bn_mode: str = "eval", batch: bool = False) -> Params:
     """[v(x), v(y)] = H_y g_x − H_x g_y, by plain double backward.
 
     One backward pass through both gradient graphs: H_y g_x − H_x g_y is the gradient of
     ⟨g_y(θ), g_x⟩ − ⟨g_x(θ), g_y⟩ with the right-hand factors held constant.
+    batch: x and y are minibatches (any leading size) whose fields are those of their batch
+    losses, as an SGD step on the minibatch sees them.
     """
     params = parameters_of(model)
-    (xi, xt), (yi, yt) = check_pair(example_x, example_y, params)
+    (xi, xt), (yi, yt) = check_pair(example_x, example_y, params, batch=batch)
     loss_at = example_loss(model, loss_fn)
     leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
     names, tensors = list(leaves), list(leaves.values())
@@ -256,14 +261,15 @@ def lie_bracket(model: nn.Module, loss_fn: Callable, example_x: Example, example
 
 
 def swap_difference(model: nn.Module, loss_fn: Callable, example_x: Example, example_y: Example,
-                    lr: float, *, bn_mode: str = "eval") -> Params:
+                    lr: float, *, bn_mode: str = "eval", batch: bool = False) -> Params:
     """θ_xy − θ_yx: plain SGD steps (θ ← θ − lr·∇L) on x then y, minus on y then x.
 
     Equals lr²·lie_bracket(x, y) + O(lr³); exactly so for quadratic losses. Use float64:
     the difference of two nearly equal parameter vectors loses the float32 digits.
+    batch: x and y are minibatches (see lie_bracket).
     """
     params = parameters_of(model)
-    x, y = check_pair(example_x, example_y, params)
+    x, y = check_pair(example_x, example_y, params, batch=batch)
     grad_at = grad(example_loss(model, loss_fn))
 
     def step(displacement, example):

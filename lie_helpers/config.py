@@ -94,6 +94,7 @@ CHECKS = {
     "checkpoint_every": _integer(1), "seed": _integer(0), "loss": _one_of(tuple(LOSSES)),
     "eval_images": _integer(1),
     "bracket_examples": _integer(2), "pushforward_batch": _integer(1), "save_full_brackets": _flag,
+    "swap_checkpoints": _integer(0),
     "seeds": _seeds,
 }
 
@@ -133,6 +134,8 @@ class Profile:
     bracket_examples: int = 6           # first N test examples: N(N-1)/2 pairs
     pushforward_batch: int = 32         # fixed batch whose logits the brackets are pushed onto
     save_full_brackets: bool = False    # also store every bracket (float16 safetensors)
+    # real order effects (lie_helpers.order_effects): checkpoints that keep their Adam state for it
+    swap_checkpoints: int = 4
     # hypothesis experiments
     seeds: tuple = (0, 1, 2)
 
@@ -156,7 +159,7 @@ class Profile:
 PROFILES = {
     # Seconds on a 2-core CPU: proves the chain runs end to end (CI).
     "ci": Profile(name="ci", generated_images=600, image_size=32, width=0.125, steps=80,
-                  checkpoint_every=40, eval_images=59, seeds=(0, 1)),
+                  checkpoint_every=40, eval_images=59, seeds=(0, 1), swap_checkpoints=1),
     # Minutes on a laptop CPU, large enough for the hair attributes to become uncertain.
     "default": Profile(name="default"),
     # The write-up's settings, for a GPU with real or full-size generated data.
@@ -176,6 +179,16 @@ def get_profile(name: str, **overrides) -> Profile:
         raise ValueError(f"Unknown setting(s) {unknown} for profile {name!r}. "
                          f"Valid settings: {', '.join(sorted(fields))}.")
     return dataclasses.replace(PROFILES[name], **overrides)
+
+
+def swap_steps(profile: Profile) -> list[int]:
+    """The `swap_checkpoints` checkpoints, evenly spread inside the run (never step 0, whose Adam state is empty,
+    nor the last), where real order effects are measured; training keeps their Adam state."""
+    grid = list(range(profile.checkpoint_every, profile.steps, profile.checkpoint_every))
+    if not grid or profile.swap_checkpoints == 0:
+        return []
+    wanted = [profile.steps * k / (profile.swap_checkpoints + 1) for k in range(1, profile.swap_checkpoints + 1)]
+    return sorted({min(grid, key=lambda s: abs(s - w)) for w in wanted})
 
 
 # ----------------------------------------------------------------------------- run folders

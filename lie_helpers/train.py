@@ -1,7 +1,8 @@
 """Train MXResNet on CelebA-style attributes, with checkpoints that a killed run resumes from exactly.
 
 Each checkpoint is its weights (model state_dict), its Adam state (kept for the last
-run_folder.KEEP_OPTIMIZER_STATES checkpoints) and its metadata, then an entry in the run
+run_folder.KEEP_OPTIMIZER_STATES checkpoints and for config.swap_steps, where
+lie_helpers.order_effects starts) and its metadata, then an entry in the run
 folder's manifest that marks it complete (layout and manifest: lie_helpers.run_folder);
 metrics.json is rebuilt from the complete checkpoints. Training holds the folder's lock.
 Before it trains, `train` checks every checkpoint against the manifest and resumes from the
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, run_folder, storage
 from .attributes import ATTRIBUTES
-from .config import Profile
+from .config import Profile, swap_steps
 from .losses import get_loss
 from .mxresnet import mxresnet
 from .run_folder import RunPaths
@@ -259,7 +260,7 @@ def _save_checkpoint(run_dir, step, model, optimizer, profile, fingerprint, meta
         storage.atomic_write_json(paths.info(step), meta)
         run_folder.add_checkpoint(paths, step, _run_key(profile, fingerprint))
         _write_metrics(run_dir)
-        run_folder.prune_optimizer_states(paths)
+        run_folder.prune_optimizer_states(paths, also=swap_steps(profile))
     except OSError as err:
         done = run_folder.complete_checkpoints(paths)
         kept = f"checkpoints up to step {done[-1]} are complete and intact" if done else "no checkpoint is complete yet"
@@ -333,6 +334,24 @@ def load_checkpoint(run_dir, step: int, profile: Profile, *, dtype=torch.float32
     model = build_model(profile)
     model.load_state_dict(_load(_verified(run_dir, step, "weights"), run_dir, step))
     return model.to(device=device, dtype=dtype).eval()
+
+
+def load_training_state(run_dir, step: int, profile: Profile, *, dtype=torch.float32):
+    """(model in train mode, its Adam optimizer) exactly as training had them after checkpoint `step`, as `dtype`.
+
+    Needs the checkpoint's Adam state (kept for config.swap_steps and the last checkpoints).
+    """
+    problem = run_folder.checkpoint_problem(run_dir, step, ("optimizer",))
+    if problem:
+        raise ValueError(f"Checkpoint {step} of {show(run_dir)} has no usable Adam state ({problem}). Training keeps it "
+                         f"for the steps {swap_steps(profile)} (config.swap_steps) and the last "
+                         f"{run_folder.KEEP_OPTIMIZER_STATES} checkpoints; a run made before, or with other "
+                         "swap_checkpoints, lacks it: train the run again (delete its checkpoints/ folder and rerun "
+                         "notebook 01; training is deterministic, so the checkpoints come back the same).")
+    model = load_checkpoint(run_dir, step, profile, dtype=dtype).train()
+    optimizer = make_optimizer(model, profile)
+    _load_optimizer(model, optimizer, _load(_verified(run_dir, step, "optimizer"), run_dir, step))
+    return model, optimizer
 
 
 def load_metrics(run_dir) -> list[dict]:

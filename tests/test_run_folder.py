@@ -15,7 +15,7 @@ from lie_helpers.config import PROFILES, get_profile, run_folder_name, run_paths
 from lie_helpers.run_folder import RunPaths
 
 SETTINGS = dict(image_size=16, width=0.125, steps=5, batch_size=8, checkpoint_every=2, eval_images=12,
-                bracket_examples=3, pushforward_batch=5)
+                bracket_examples=3, pushforward_batch=5, swap_checkpoints=0)   # Adam state: the last two only
 PROFILE = get_profile("ci", **SETTINGS)
 
 

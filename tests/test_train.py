@@ -11,8 +11,9 @@ from lie_helpers.attributes import ATTRIBUTES
 from lie_helpers.config import get_profile
 
 # 24 training images, batches of 8: three batches an epoch, so 5 steps cross an epoch boundary.
+# No swap checkpoints: only the last two checkpoints keep their Adam state (tests/test_order_effects.py has the rest).
 PROFILE = get_profile("ci", image_size=16, width=0.125, steps=5, batch_size=8, checkpoint_every=2,
-                      eval_images=12)
+                      eval_images=12, swap_checkpoints=0)
 
 
 def random_data(n, seed, size=16):
