@@ -15,6 +15,7 @@ and batch (lie_helpers.baselines; the nulls a bracket finding is measured agains
     gradient_pushforward  [N, batch, outputs]     J·v_i: each example's SGD field pushed onto the batch
     attribute_loss        [outputs]               each attribute's loss on the batch
     attribute_gradient_gram [outputs, outputs]    ⟨∇L_k, ∇L_l⟩ of the attributes' batch losses (norms, conflict)
+    ggn_trace             [outputs]               each output's GGN (= Fisher) trace over the batch (Hutchinson)
     batch_targets         [batch, outputs]        the batch's labels (calibration)
 
 one safetensors file per checkpoint in <run>/brackets/, listed in the run folder's manifest
@@ -41,8 +42,9 @@ from .losses import IndependentBCE, get_loss
 from .storage import show
 from .train import load_checkpoint, prepare_inputs
 
-ANALYSIS_VERSION = 2  # bump when what is stored changes
-BASELINES = ("gradient_pushforward", "attribute_loss", "attribute_gradient_gram", "batch_targets")
+ANALYSIS_VERSION = 3  # bump when what is stored changes
+BASELINES = ("gradient_pushforward", "attribute_loss", "attribute_gradient_gram", "ggn_trace", "batch_targets")
+GGN_SAMPLES = 32      # Hutchinson samples of the GGN trace: ~0.35 s a checkpoint, median standard error 13%
 
 
 def analysis_key(profile: Profile, fingerprint: str) -> str:
@@ -116,6 +118,7 @@ def checkpoint_record(model, loss_fn, examples, targets, batch, matrix: BracketM
                                                                    batch).per_example.cpu(),
             "attribute_loss": baselines.per_attribute_loss(model, loss_fn, batch, batch_targets).cpu(),
             "attribute_gradient_gram": baselines.attribute_gradient_gram(model, loss_fn, batch, batch_targets).cpu(),
+            "ggn_trace": baselines.ggn_trace_per_output(model, loss_fn, batch, samples=GGN_SAMPLES).value.float().cpu(),
             "batch_targets": batch_targets.cpu(),
         })
     if matrix.brackets[matrix.pairs[0]][2] is not None:
@@ -248,6 +251,7 @@ class RunBrackets:
     gradient_pushforward: torch.Tensor | None = None     # [checkpoints, examples, batch, outputs]
     attribute_loss: torch.Tensor | None = None           # [checkpoints, outputs]
     attribute_gradient_gram: torch.Tensor | None = None  # [checkpoints, outputs, outputs]
+    ggn_trace: torch.Tensor | None = None                # [checkpoints, outputs]
     batch_targets: torch.Tensor | None = None            # [checkpoints, batch, outputs]
 
 

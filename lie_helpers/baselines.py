@@ -393,6 +393,7 @@ def baseline_magnitudes(records) -> dict:
         "calibration error": torch.stack([calibration_error(p, t) for p, t in
                                           zip(probabilities, records.batch_targets)]).numpy(),
         "logit spread": records.batch_logits.double().std(dim=1).numpy(),
+        "GGN trace": records.ggn_trace.double().numpy(),
     }
 
 

@@ -55,12 +55,15 @@ def test_records_hold_the_first_order_baselines(trained):
     result = analysis.load_run_brackets(profile, run_dir)
     assert result.gradient_pushforward.shape == (3, 3, 5, 40)
     assert result.attribute_loss.shape == (3, 40) and result.attribute_gradient_gram.shape == (3, 40, 40)
+    assert result.ggn_trace.shape == (3, 40) and bool((result.ggn_trace > 0).all())
     assert torch.equal(result.batch_targets[0], test[1][:5].float())
     model, loss_fn = load_checkpoint(run_dir, 4, profile), get_loss(profile.loss)
     examples, targets, batch = analysis.fixed_inputs(profile, test)
     expected = baselines.gradient_pushforward(model, loss_fn, examples, targets, batch).per_example
     torch.testing.assert_close(result.gradient_pushforward[2], expected)
     torch.testing.assert_close(result.attribute_loss[2], baselines.per_attribute_loss(model, loss_fn, batch, test[1][:5].float()))
+    ggn = baselines.ggn_trace_per_output(model, loss_fn, batch, samples=analysis.GGN_SAMPLES).value.float()
+    torch.testing.assert_close(result.ggn_trace[2], ggn)
 
 
 def test_the_categorical_loss_stores_no_per_attribute_baselines(trained):

@@ -256,7 +256,8 @@ def synthetic_records(planted: float, seed: int = 0, n_steps: int = 4, outputs: 
                        pairs=pairs, bracket_rms=bracket_rms, gradient_rms=gradient_rms, logit_perturbation=bracket,
                        batch_logits=torch.randn(n_steps, 8, outputs, generator=g), seconds=[1.0] * n_steps,
                        gradient_pushforward=jg, attribute_loss=torch.rand(n_steps, outputs, generator=g),
-                       attribute_gradient_gram=gram, batch_targets=(torch.rand(n_steps, 8, outputs, generator=g) > 0.5).float())
+                       attribute_gradient_gram=gram, ggn_trace=torch.rand(n_steps, outputs, generator=g),
+                       batch_targets=(torch.rand(n_steps, 8, outputs, generator=g) > 0.5).float())
 
 
 def test_a_planted_bracket_excess_is_told_from_a_gradient_finding():
