@@ -183,3 +183,10 @@ def posterior_fit(probabilities, attributes, truth: SplitTruth, bins: int = 5) -
                             for k in range(bins) if (which == k).any()],
         }
     return report
+
+
+def model_posterior_fit(model, loss_fn, split, data_root, bins: int = 5) -> dict:
+    """:func:`posterior_fit` of a trained model on a split (lie_helpers.celeba.SplitTensors) of the generated
+    data in `data_root`: does it reach the posterior 0.5 on the bands, and is it calibrated elsewhere?"""
+    probabilities = predicted_probabilities(model, loss_fn, split.images)
+    return posterior_fit(probabilities, split.attributes.numpy(), split_truth(data_root, split.filenames), bins)

@@ -128,3 +128,14 @@ def test_predicted_probabilities_of_a_model(loss):
         np.testing.assert_allclose(p[:, IDX["Black_Hair"]], hair[:, 0].numpy(), rtol=1e-6)
         np.testing.assert_allclose(p[:, IDX["Male"]], torch.sigmoid(logits[:, get_loss(loss).output_names.index("Male")]).numpy(), rtol=1e-6)
         assert (p[:, [IDX[a] for a in ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")]].sum(1) < 1).all()
+
+
+def test_model_posterior_fit_on_a_split(data):
+    root = data[0]
+    split = celeba.load_split(root, "test", 16, verify_checksums=False, progress=False)
+    profile = get_profile("ci", image_size=16, width=0.125)
+    model, loss = build_model(profile), get_loss(profile.loss)
+    fit = example_sets.model_posterior_fit(model, loss, split, root)
+    expected = example_sets.posterior_fit(example_sets.predicted_probabilities(model, loss, split.images),
+                                          split.attributes.numpy(), example_sets.split_truth(root, split.filenames))
+    assert fit == expected and fit["Black_Hair"]["band"]["n"] > 0
