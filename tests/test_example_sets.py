@@ -65,14 +65,15 @@ def test_example_sets_are_stratified_disjoint_and_deterministic_from_the_seed(da
     sets = example_sets.draw_example_sets(split_strata, seed=3, n_sets=3, bracket=bracket, pushforward=pushforward)
     assert [s.number for s in sets] == [0, 1, 2] and all(s.seed == 3 for s in sets)
     for s in sets:
-        assert s.bracket_strata == ("ambiguous black/brown",) * 3 + ("faint glasses",) * 2
+        assert {k: len(v) for k, v in s.bracket.items()} == bracket
         assert s.pushforward_strata == ("ambiguous black/brown",) * 4 + ("other",) * 5
-        for indices, labels in ((s.bracket, s.bracket_strata), (s.pushforward, s.pushforward_strata)):
-            assert all(i in split_strata[label] for i, label in zip(indices.tolist(), labels))
-        assert not set(s.bracket) & set(s.pushforward) and len(set(s.pushforward)) == 9
+        assert all(set(v) <= set(split_strata[k]) for k, v in s.bracket.items())
+        assert all(i in split_strata[label] for i, label in zip(s.pushforward.tolist(), s.pushforward_strata))
+        used = np.concatenate([*s.bracket.values(), s.pushforward])
+        assert len(set(used.tolist())) == len(used) == 14                  # nothing drawn twice within a set
     again = example_sets.draw_example_sets(split_strata, seed=3, n_sets=3, bracket=bracket, pushforward=pushforward)
-    assert all(np.array_equal(a.bracket, b.bracket) and np.array_equal(a.pushforward, b.pushforward)
-               for a, b in zip(sets, again))
+    assert all(all(np.array_equal(a.bracket[k], b.bracket[k]) for k in bracket)
+               and np.array_equal(a.pushforward, b.pushforward) for a, b in zip(sets, again))
     other = example_sets.draw_example_sets(split_strata, seed=4, n_sets=3, bracket=bracket, pushforward=pushforward)
     assert any(not np.array_equal(a.pushforward, b.pushforward) for a, b in zip(sets, other))
     assert len({tuple(s.pushforward) for s in sets}) == 3                    # several different sets per run
@@ -139,3 +140,20 @@ def test_model_posterior_fit_on_a_split(data):
     expected = example_sets.posterior_fit(example_sets.predicted_probabilities(model, loss, split.images),
                                           split.attributes.numpy(), example_sets.split_truth(root, split.filenames))
     assert fit == expected and fit["Black_Hair"]["band"]["n"] > 0
+
+
+def test_an_example_set_feeds_the_bracket_analysis(data):
+    from lie_helpers import analysis
+    root = data[0]
+    split = celeba.load_split(root, "test", 16, verify_checksums=False, progress=False)
+    split_strata = example_sets.strata(split.attributes.numpy(), example_sets.split_truth(root, split.filenames))
+    s = example_sets.draw_example_sets(split_strata, seed=0, n_sets=1, bracket={"ambiguous black/brown": 3},
+                                       pushforward={"unambiguous black/brown": 4, "other": 5})[0]
+    profile = get_profile("ci", image_size=16, bracket_examples=3, pushforward_batch=9)
+    examples, targets, batch = analysis.fixed_inputs(profile, (split.images, split.attributes),
+                                                     example_indices=s.bracket["ambiguous black/brown"],
+                                                     batch_indices=s.pushforward)
+    assert torch.equal(examples, prepare_inputs(split.images[s.bracket["ambiguous black/brown"]]))
+    assert torch.equal(batch, prepare_inputs(split.images[s.pushforward]))
+    hair = targets[:, [IDX["Black_Hair"], IDX["Brown_Hair"]]]
+    assert (hair.sum(1) == 1).all()                                          # black or brown, as the stratum says
