@@ -4,7 +4,9 @@ The bracket engine is exported here; the rest lives in submodules:
 `toy` (quadratics and small nets for the theory), `attributes` and `celeba` (CelebA's format, loading
 and cache), `generated_celeba` (CelebA-format data drawn offline), `mxresnet` (model), `losses`,
 `train` (training with checkpoints), `analysis` (brackets at checkpoints), `summaries`, `plots`,
-`bracket_figures`, `hypothesis`, `stats` (tests and intervals over seeds) and `symmetry` (notebooks 03-05), `chain` (the papermill chain),
+`bracket_figures`, `hypothesis`, `stats` (tests and intervals over seeds) and `symmetry` (notebooks 03-05),
+`example_sets` (stratified bracket examples and pushforward batches; a model's fit to the true posterior),
+`order_effects` (real swaps of training steps), `chain` (the papermill chain),
 `bench` (timing helpers of the benchmarks) and `gpu_check` (the GPU check, `make gpu-check`).
 """
 __version__ = "0.1.0"

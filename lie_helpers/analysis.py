@@ -53,18 +53,41 @@ def analysis_key(profile: Profile, fingerprint: str) -> str:
                        "batch": profile.pushforward_batch, "version": ANALYSIS_VERSION}, sort_keys=True)
 
 
-def fixed_inputs(profile: Profile, test_data, device="cpu", dtype=torch.float32):
-    """(example inputs, example targets, pushforward batch): the first test images, the same at every checkpoint."""
+def fixed_inputs(profile: Profile, test_data, device="cpu", dtype=torch.float32, *, example_indices=None,
+                 batch_indices=None):
+    """(example inputs, example targets, pushforward batch), the same at every checkpoint: the first test
+    images, or those at `example_indices` / `batch_indices` (e.g. a stratified lie_helpers.example_sets.ExampleSet)."""
     images, attributes = test_data
-    needed = max(profile.bracket_examples, profile.pushforward_batch)
-    if len(images) < needed:
-        raise ValueError(f"The test split has {len(images)} images; the analysis needs {needed} "
-                         f"(bracket_examples={profile.bracket_examples}, pushforward_batch={profile.pushforward_batch}).")
-    n = profile.bracket_examples
-    examples = prepare_inputs(images[:n], device, dtype)
-    targets = attributes[:n].to(device=device, dtype=dtype)
-    batch = prepare_inputs(images[:profile.pushforward_batch], device, dtype)
+    example_at, batch_at = _positions(profile, len(images), example_indices, batch_indices)
+    examples = prepare_inputs(images[example_at], device, dtype)
+    targets = attributes[example_at].to(device=device, dtype=dtype)
+    batch = prepare_inputs(images[batch_at], device, dtype)
     return examples, targets, batch
+
+
+def _positions(profile: Profile, n_images: int, example_indices, batch_indices):
+    """Where the examples and the batch are in the test split: the first ones, or the explicit indices
+    (as many as the profile's bracket_examples / pushforward_batch, distinct, inside the split)."""
+    if example_indices is None and batch_indices is None:
+        needed = max(profile.bracket_examples, profile.pushforward_batch)
+        if n_images < needed:
+            raise ValueError(f"The test split has {n_images} images; the analysis needs {needed} "
+                             f"(bracket_examples={profile.bracket_examples}, pushforward_batch={profile.pushforward_batch}).")
+    positions = []
+    for name, setting, given in (("example_indices", "bracket_examples", example_indices),
+                                 ("batch_indices", "pushforward_batch", batch_indices)):
+        count = getattr(profile, setting)
+        if given is None:
+            positions.append(slice(0, count))
+            continue
+        at = torch.as_tensor(list(given), dtype=torch.int64)
+        if len(at) != count:
+            raise ValueError(f"{name} has {len(at)} entries but the profile's {setting} is {count}: "
+                             f"set {setting}={len(at)}.")
+        if len(set(at.tolist())) != len(at) or (len(at) and not 0 <= int(at.min()) <= int(at.max()) < n_images):
+            raise ValueError(f"{name} must be distinct indices into the test split's {n_images} images; got {at.tolist()}.")
+        positions.append(at)
+    return tuple(positions)
 
 
 def analyse_checkpoint(model, loss_fn, examples, targets, batch, *, batch_targets=None,
@@ -166,11 +189,15 @@ class RecordInputs:
     pairs_per_call: int = PAIRS_PER_CALL
 
 
-def record_inputs(profile: Profile, test_data, device, pairs_per_call: int | None = None) -> RecordInputs:
-    """The loss, the bracket examples and their targets, the pushforward batch and its targets, on `device`,
-    and the pairs per vmapped call (default brackets.PAIRS_PER_CALL)."""
-    examples, targets, batch = fixed_inputs(profile, test_data, device)
-    batch_targets = test_data[1][:profile.pushforward_batch].to(device=device, dtype=targets.dtype)
+def record_inputs(profile: Profile, test_data, device, pairs_per_call: int | None = None, *,
+                  example_indices=None, batch_indices=None) -> RecordInputs:
+    """The loss, the bracket examples and their targets, the pushforward batch and its targets, on `device`
+    (the first test images, or those at the indices: see fixed_inputs), and the pairs per vmapped call
+    (default brackets.PAIRS_PER_CALL)."""
+    examples, targets, batch = fixed_inputs(profile, test_data, device, example_indices=example_indices,
+                                            batch_indices=batch_indices)
+    _, batch_at = _positions(profile, len(test_data[0]), example_indices, batch_indices)
+    batch_targets = test_data[1][batch_at].to(device=device, dtype=targets.dtype)
     return RecordInputs(get_loss(profile.loss), examples, targets, batch, batch_targets, torch.device(device),
                         checked_pairs_per_call(pairs_per_call))
 

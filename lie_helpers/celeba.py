@@ -395,7 +395,8 @@ def prepare_data(profile, *, verify_checksums: bool | None = None, progress: boo
 
     root = data_dir(profile)
     if profile.data_source == "generated":
-        generate_celeba(root, profile.generated_images, profile.data_seed, progress=progress)
+        generate_celeba(root, profile.generated_images, profile.data_seed, progress=progress,
+                        hair_band=profile.hair_noise_band, glasses_band=profile.glasses_noise_band)
         check_celeba_folder(root, verify_checksums=False)
     else:
         check_celeba_folder(root, verify_checksums=True if verify_checksums is None else verify_checksums)

@@ -17,11 +17,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .generated_celeba import MAX_BAND
 from .losses import LOSSES
 from .mxresnet import LAYERS
 from .run_folder import RunPaths
 
 DATA_SOURCES = ("generated", "real")
+NOISE_BANDS = ("hair_noise_band", "glasses_noise_band")   # generated data only (generated_celeba.noise_bands)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -42,6 +44,16 @@ def _positive_number(value):
     if not (math.isfinite(value) and value > 0):
         raise ValueError("a number > 0")
     return float(value)
+
+
+def _fraction(maximum: float):
+    def check(value):
+        if not _is_number(value):
+            raise TypeError(f"a number in [0, {maximum}]")
+        if not 0 <= value <= maximum:
+            raise ValueError(f"a number in [0, {maximum}]")
+        return float(value)
+    return check
 
 
 def _one_of(choices):
@@ -89,6 +101,7 @@ CHECKS = {
     "name": _text,
     "data_source": _one_of(DATA_SOURCES), "data_root": _text, "generated_images": _integer(3),
     "data_seed": _integer(0), "image_size": _integer(1),
+    "hair_noise_band": _fraction(MAX_BAND), "glasses_noise_band": _fraction(MAX_BAND),
     "depth": _one_of(tuple(LAYERS)), "width": _positive_number,
     "steps": _integer(1), "batch_size": _integer(1), "lr": _positive_number, "betas": _betas,
     "checkpoint_every": _integer(1), "seed": _integer(0), "loss": _one_of(tuple(LOSSES)),
@@ -118,6 +131,8 @@ class Profile:
     generated_images: int = 4000        # images drawn for generated data (all splits)
     data_seed: int = 0
     image_size: int = 32                # training resolution (square)
+    hair_noise_band: float = 0.0        # generated data: fraction of black/brown faces at posterior 0.5
+    glasses_noise_band: float = 0.0     # generated data: fraction of faces with faint, coin-labelled glasses
     # model
     depth: int = 18
     width: float = 0.25                 # channel multiplier; 1.0 is MXResNet as published
@@ -142,13 +157,18 @@ class Profile:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _checked(f.name, getattr(self, f.name)))
+        if self.data_source == "real" and any(getattr(self, k) for k in NOISE_BANDS):
+            raise ValueError(f"{' and '.join(NOISE_BANDS)} only exist for generated data: set them to 0 "
+                             "or use data_source='generated'.")
         if self.checkpoint_every > self.steps:
             raise ValueError(f"checkpoint_every must be at most steps ({self.steps}), got {self.checkpoint_every}.")
 
     def hash(self) -> str:
-        """Short hash of the settings that determine a training run's results."""
+        """Short hash of the settings that determine a training run's results (the noise bands only when
+        on, so that runs made before they existed keep their hash)."""
         keys = ["data_source", "generated_images", "data_seed", "image_size", "depth", "width",
                 "steps", "batch_size", "lr", "betas", "checkpoint_every", "seed", "loss", "eval_images"]
+        keys += [k for k in NOISE_BANDS if getattr(self, k)]
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -225,15 +245,19 @@ def run_paths(profile: Profile, run_dir=None, runs_root="../runs") -> RunPaths:
 
 
 def data_dir(profile: Profile) -> Path:
-    """The folder that holds `celeba/`: data_root itself for real data, a seeded sub-folder for generated."""
+    """The folder that holds `celeba/`: data_root itself for real data, a seeded sub-folder for generated
+    (named with its noise bands when they are on, e.g. generated-n4000-seed0-hairband0.1)."""
     root = Path(profile.data_root)
     if profile.data_source == "real":
         return root
-    return root / f"generated-n{profile.generated_images}-seed{profile.data_seed}"
+    bands = "".join(f"-{k.split('_')[0]}band{getattr(profile, k):g}" for k in NOISE_BANDS if getattr(profile, k))
+    return root / f"generated-n{profile.generated_images}-seed{profile.data_seed}{bands}"
 
 
 def describe_source(profile: Profile) -> str:
     """One line for figure captions: which profile and which data produced a result."""
     data = ("real CelebA" if profile.data_source == "real"
-            else f"GENERATED CelebA-format data ({profile.generated_images} images, seed {profile.data_seed})")
+            else f"GENERATED CelebA-format data ({profile.generated_images} images, seed {profile.data_seed}"
+                 + "".join(f", {k.replace('_', ' ')} {getattr(profile, k):g}" for k in NOISE_BANDS if getattr(profile, k))
+                 + ")")
     return f"profile '{profile.name}' · {data} · MXResNet{profile.depth} width {profile.width}, {profile.image_size}px"

@@ -39,6 +39,17 @@ each marginal stays at its CelebA rate in expectation.
 * Noise (4): Attractive, Bags_Under_Eyes, Oval_Face, Pointy_Nose: not drawn and drawn
   independently of everything, at their base rates. Controls: a model can only learn
   their base rate.
+* Noise bands (off by default; a dial for experiments, :func:`noise_bands`): a fraction
+  `hair_band` of the black- and brown-haired faces is drawn in ONE shade, the one whose
+  posterior is 0.5 (:data:`BAND_SHADE`), and labelled Black_Hair or Brown_Hair by a fair
+  coin; a fraction `glasses_band` of all faces wears faint glasses (the glasses blended
+  at 50% opacity over the face) labelled Eyeglasses by a fair coin. Both true posteriors
+  are exactly 0.5; the glasses band is ambiguous without being exclusive. The bands come
+  from their own random stream (nested: the images of a smaller fraction are among those
+  of a larger one, with the same coins), so with both fractions 0 every file is byte-
+  identical to data generated without them. ``ground_truth.json`` lists each band (its
+  fraction, mechanism and images) and ``posterior.txt`` every image's true posterior of
+  Black_Hair, Brown_Hair and Eyeglasses given what is drawn (:func:`true_posteriors`).
 * Splits: the first 80.3% of files are train, the next 9.8% valid, the rest test
   (CelebA's 162770 / 19867 / 19962 proportions, contiguous as in CelebA).
 * Identities: one identity per image. Landmarks are the drawn eye centres, nose tip and
@@ -58,6 +69,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy.optimize import brentq
 from tqdm.auto import tqdm
 
 from . import storage
@@ -312,6 +324,88 @@ def _bayes_error() -> float:
 
 
 # --------------------------------------------------------------------------------------
+# Noise bands: ambiguity dialled in, with a known posterior of 0.5
+# --------------------------------------------------------------------------------------
+# The shade between the two label means where P(Black_Hair | shade) = 0.5: band faces drawn
+# there have posterior 0.5 whether they come from the band or from the tails (about 0.383).
+BAND_SHADE = float(brentq(lambda t: black_posterior(t) - 0.5, SHADE["Black_Hair"][0], SHADE["Brown_Hair"][0]))
+MAX_BAND = 0.9
+
+
+def _check_bands(hair_band, glasses_band) -> None:
+    for name, f in (("hair_band", hair_band), ("glasses_band", glasses_band)):
+        if not 0.0 <= f <= MAX_BAND:
+            raise ValueError(f"{name} must be a fraction in [0, {MAX_BAND}], got {f!r}.")
+
+
+def noise_bands(attributes, seed: int = 0, hair_band: float = 0.0, glasses_band: float = 0.0):
+    """Apply the label-noise bands (module docstring) to the attributes of :func:`sample_attributes`.
+
+    Returns (attributes, in_hair_band, in_glasses_band): a relabelled copy and two boolean masks.
+    round(hair_band × black-or-brown faces) of them get a fair-coin Black_Hair/Brown_Hair label,
+    round(glasses_band × all faces) a fair-coin Eyeglasses label. Its own random streams (one per
+    band) keep the other draws untouched and make the bands nested across fractions.
+    """
+    _check_bands(hair_band, glasses_band)
+    a = np.array(attributes, dtype=np.int8, copy=True)
+    n = len(a)
+
+    def band(candidates, fraction, stream):
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xBA4D, stream]))
+        order = rng.permutation(candidates)
+        coins = rng.random(len(candidates)) < 0.5
+        k = int(round(fraction * len(candidates)))
+        mask = np.zeros(n, dtype=bool)
+        mask[order[:k]] = True
+        heads = np.zeros(n, dtype=bool)
+        heads[order[:k]] = coins[:k]
+        return mask, heads
+
+    black_or_brown = np.flatnonzero((a[:, _IDX["Black_Hair"]] == 1) | (a[:, _IDX["Brown_Hair"]] == 1))
+    in_hair, black = band(black_or_brown, hair_band, 0)
+    a[in_hair, _IDX["Black_Hair"]] = black[in_hair]
+    a[in_hair, _IDX["Brown_Hair"]] = ~black[in_hair]
+    in_glasses, glasses = band(np.arange(n), glasses_band, 1)
+    a[in_glasses, _IDX["Eyeglasses"]] = glasses[in_glasses]
+    return a, in_hair, in_glasses
+
+
+def drawn_shades(attributes, hair_z, in_hair_band):
+    """The shade each face is drawn with: :func:`hair_shade`, and :data:`BAND_SHADE` in the hair band."""
+    return np.where(in_hair_band, BAND_SHADE, hair_shade(attributes, hair_z))
+
+
+def true_posteriors(attributes, shades, in_hair_band, in_glasses_band) -> dict:
+    """P(attribute | what is drawn) for Black_Hair, Brown_Hair and Eyeglasses, arrays [n].
+
+    Black/brown faces: the shade's posterior (exactly 0.5 in the band); other hair colours
+    and bald faces are drawn apart, so 0. Eyeglasses: 0.5 in the glasses band, else the label
+    (glasses are drawn exactly when labelled).
+    """
+    attributes = np.asarray(attributes)
+    black_or_brown = (attributes[:, _IDX["Black_Hair"]] == 1) | (attributes[:, _IDX["Brown_Hair"]] == 1)
+    black = np.where(black_or_brown, black_posterior(np.nan_to_num(shades)), 0.0)
+    black[in_hair_band] = 0.5
+    glasses = np.where(in_glasses_band, 0.5, attributes[:, _IDX["Eyeglasses"]].astype(float))
+    return {"Black_Hair": black, "Brown_Hair": np.where(black_or_brown, 1.0 - black, 0.0), "Eyeglasses": glasses}
+
+
+def read_true_posteriors(root) -> tuple[list[str], dict]:
+    """(file names, :func:`true_posteriors`) of the generated data in `root`/celeba/, from its records
+    (attributes, hair_shade.txt and the bands in ground_truth.json), so data without bands has them too."""
+    base = Path(root) / BASE_FOLDER
+    gt = read_ground_truth(root)
+    rows = (base / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    names = [r.split()[0] for r in rows]
+    attrs = (np.array([[int(v) for v in r.split()[1:]] for r in rows]) + 1) // 2
+    shades = np.array([float(line.split()[1]) for line in (base / "hair_shade.txt").read_text().splitlines()])
+    bands = gt.get("noise_bands", {})
+    masks = [np.isin(names, bands[k]["images"]) if k in bands else np.zeros(len(names), bool)
+             for k in ("hair", "glasses")]
+    return names, true_posteriors(attrs, shades, *masks)
+
+
+# --------------------------------------------------------------------------------------
 # Drawing
 # --------------------------------------------------------------------------------------
 def _lerp(c0, c1, t):
@@ -322,9 +416,9 @@ def _scale(c, f):
     return tuple(max(0, min(255, int(round(v * f)))) for v in c)
 
 
-def _hair_colour(row, hair_z, u):
+def _hair_colour(row, hair_z, u, shade=None):
     if row[_IDX["Black_Hair"]] or row[_IDX["Brown_Hair"]]:
-        t = float(hair_shade(row, hair_z))
+        t = float(hair_shade(row, hair_z)) if shade is None else float(shade)
         return _lerp((12, 10, 9), (150, 100, 58), t)
     if row[_IDX["Blond_Hair"]]:
         return _lerp((196, 160, 86), (242, 218, 140), u)
@@ -333,14 +427,17 @@ def _hair_colour(row, hair_z, u):
     return _lerp((128, 40, 22), (205, 92, 40), u)           # no hair colour label: red / auburn
 
 
-def render_face(attributes, hair_z: float = 0.0, seed=0):
+def render_face(attributes, hair_z: float = 0.0, seed=0, *, shade: float | None = None,
+                faint_glasses: bool = False):
     """Draw one 178x218 face for an attribute row (40 values in {0, 1}).
 
     Returns (image, landmarks, bbox): a PIL RGB image, the 10 landmark coordinates
     (eyes, nose tip, mouth corners) and the face box (x, y, width, height). Only the
     visible attributes change the drawing; `seed` (an int or a sequence of ints) sets the
     per-image variation (colours, shift, scale), drawn up front so that changing one
-    attribute changes only what that attribute draws.
+    attribute changes only what that attribute draws. The noise bands' faces: `shade` overrides the
+    black/brown shade set by `hair_z`; `faint_glasses` draws glasses at 50% opacity whatever the
+    Eyeglasses label (halfway, pixel by pixel, between the face without and with glasses).
     """
     row = np.asarray(attributes).astype(bool)
     rng = np.random.default_rng(np.random.SeedSequence(seed))
@@ -374,7 +471,7 @@ def render_face(attributes, hair_z: float = 0.0, seed=0):
     else:
         skin = _lerp((112, 74, 52), (232, 192, 160), u[6] ** 0.7)
     shade_skin = _scale(skin, 0.78)
-    hair = _hair_colour(row, hair_z, u[7])
+    hair = _hair_colour(row, hair_z, u[7], shade)
     hair_dark = _scale(hair, 0.72)
     has_hair = not on["Bald"]
     clothes = _lerp((30, 40, 60), (200, 60, 60), u[8])
@@ -481,13 +578,17 @@ def render_face(attributes, hair_z: float = 0.0, seed=0):
         d.ellipse(B(ex - r, ey - r, ex + r, ey + r), fill=iris)
         if on["Rosy_Cheeks"]:
             d.ellipse(B(ex - 9 + sx * 6, 128, ex + 9 + sx * 6, 143), fill=_lerp(skin, (235, 110, 130), 0.55))
-    if on["Eyeglasses"]:
+    if on["Eyeglasses"] or faint_glasses:
+        without = img.copy() if faint_glasses else None
         frame = [(20, 20, 20), (90, 60, 30), (130, 130, 140)][int(u[14] * 3)]
         for sx in (-1, 1):
             ex = cx + sx * 19
             d.rounded_rectangle(B(ex - 14, 102, ex + 14, 122), radius=W(5), outline=frame, width=W(3))
             d.line([P(ex + sx * 14, 108), P(cx + sx * fw, 112)], fill=frame, width=W(2))
         d.line([P(cx - 5, 110), P(cx + 5, 110)], fill=frame, width=W(3))
+        if faint_glasses:
+            img = Image.blend(without, img, 0.5)
+            d = ImageDraw.Draw(img)
 
     # nose
     nose_tip = (cx, 140 if on["Big_Nose"] else 136)
@@ -540,11 +641,12 @@ def render_face(attributes, hair_z: float = 0.0, seed=0):
 
 def _render_chunk(args):
     """Draw and save faces [start, stop) (top level, so worker processes can run it)."""
-    folder, seed, start, rows, hair_z, quality = args
+    folder, seed, start, rows, hair_z, in_hair_band, in_glasses_band, quality = args
     out = []
-    for k, (row, z) in enumerate(zip(rows, hair_z)):
+    for k, (row, z, band_hair, band_glasses) in enumerate(zip(rows, hair_z, in_hair_band, in_glasses_band)):
         i = start + k
-        img, landmarks, bbox = render_face(row, float(z), seed=(int(seed), i))
+        img, landmarks, bbox = render_face(row, float(z), seed=(int(seed), i),
+                                           shade=BAND_SHADE if band_hair else None, faint_glasses=bool(band_glasses))
         img.save(os.path.join(folder, f"{i + 1:06d}.jpg"), "JPEG", quality=quality)
         out.append((landmarks, bbox))
     return out
@@ -568,17 +670,20 @@ def _phi(x, y) -> float:
     return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
 
 
-def _ground_truth(attrs, hair_z, n, seed, names, quality: int = 90) -> dict:
-    shade = hair_shade(attrs, hair_z)
+def _ground_truth(attrs, hair_z, n, seed, names, quality: int = 90, bands=None) -> dict:
+    """The ground_truth.json record; `bands` = (hair_band, glasses_band, in_hair_band, in_glasses_band)
+    when a noise band is on (the record then lists them; without, it is the same as before bands existed)."""
+    in_hair = np.zeros(n, bool) if bands is None else bands[2]
+    in_glasses = np.zeros(n, bool) if bands is None else bands[3]
     black = attrs[:, _IDX["Black_Hair"]] == 1
     brown = attrs[:, _IDX["Brown_Hair"]] == 1
-    post = black_posterior(np.nan_to_num(shade))
+    post = true_posteriors(attrs, drawn_shades(attrs, hair_z, in_hair), in_hair, in_glasses)["Black_Hair"]
     own = np.where(black, post, 1 - post)
     ambiguous = (black | brown) & (own < AMBIGUOUS_POSTERIOR)
     flipped = (black | brown) & (own < 0.5)
     n_train, n_valid, n_test = split_sizes(n)
     col = {a: attrs[:, i] for i, a in enumerate(ATTRIBUTES)}
-    return {
+    record = {
         "generator": "lie_helpers.generated_celeba.generate_celeba",
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
@@ -623,11 +728,31 @@ def _ground_truth(attrs, hair_z, n, seed, names, quality: int = 90) -> dict:
         "landmarks": "drawn eye centres, nose tip and mouth corners in the 178x218 image",
         "bbox": "drawn face box in the 178x218 image (real CelebA's bbox refers to the in-the-wild images)",
     }
+    if bands is not None:
+        record["noise_bands"] = {
+            "hair": {"attributes": ["Black_Hair", "Brown_Hair"], "fraction": float(bands[0]),
+                     "of": "black- or brown-haired faces",
+                     "mechanism": f"drawn at shade {BAND_SHADE:.4f}, where P(Black_Hair | shade) = 0.5; "
+                                  "labelled Black_Hair or Brown_Hair by a fair coin",
+                     "shade": BAND_SHADE, "posterior": 0.5, "images": [names[i] for i in np.flatnonzero(in_hair)]},
+            "glasses": {"attributes": ["Eyeglasses"], "fraction": float(bands[1]), "of": "all faces",
+                        "mechanism": "glasses blended at 50% opacity whatever the label; labelled Eyeglasses "
+                                     "by a fair coin (not exclusive with anything)",
+                        "posterior": 0.5, "images": [names[i] for i in np.flatnonzero(in_glasses)]},
+            "streams": "own random streams: nested across fractions, the other draws untouched",
+            "per_image_posteriors": "posterior.txt (P(Black_Hair), P(Brown_Hair), P(Eyeglasses) given what is drawn)",
+        }
+    return record
 
 
-def _params_match(gt: dict, n: int, seed: int, quality: int) -> bool:
+def _bands_of(gt: dict) -> tuple[float, float]:
+    bands = gt.get("noise_bands")
+    return (0.0, 0.0) if bands is None else (bands["hair"]["fraction"], bands["glasses"]["fraction"])
+
+
+def _params_match(gt: dict, n: int, seed: int, quality: int, bands=(0.0, 0.0)) -> bool:
     return (gt.get("generator_version") == GENERATOR_VERSION and gt.get("n_images") == n
-            and gt.get("seed") == seed and gt.get("jpeg_quality") == quality)
+            and gt.get("seed") == seed and gt.get("jpeg_quality") == quality and _bands_of(gt) == tuple(bands))
 
 
 def read_ground_truth(root) -> dict:
@@ -664,10 +789,13 @@ def _remove_stale_partials(root: Path) -> None:
 
 
 def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: bool = False,
-                    progress: bool = True, workers: int = 1, quality: int = 90) -> Path:
+                    progress: bool = True, workers: int = 1, quality: int = 90,
+                    hair_band: float = 0.0, glasses_band: float = 0.0) -> Path:
     """Write generated CelebA-format data to `root`/celeba/ and return `root`.
 
-    Deterministic from (`n_images`, `seed`, `quality`): the same arguments give byte-identical files
+    `hair_band`, `glasses_band`: the noise bands' fractions (:func:`noise_bands`; 0 leaves every
+    file as without them). Deterministic from (`n_images`, `seed`, `quality`, the bands): the same
+    arguments give byte-identical files
     (with the same Pillow/libjpeg). Generation happens in a hidden sibling folder
     ``root/.celeba.partial-<pid>-<token>`` renamed to ``root/celeba`` at the end, so an
     interrupted run never looks complete (its leftovers are removed by the next run). If
@@ -678,12 +806,14 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
     """
     root = Path(root)
     n_images, seed = int(n_images), int(seed)
+    bands = (float(hair_band), float(glasses_band))
     if n_images < 3:
         raise ValueError(f"n_images must be at least 3 (one per split), got {n_images}.")
+    _check_bands(*bands)
     target = root / BASE_FOLDER
     if target.exists():
         gt = _read_ground_truth(root)
-        if gt is not None and _params_match(gt, n_images, seed, quality):
+        if gt is not None and _params_match(gt, n_images, seed, quality, bands):
             return root
         if gt is None:
             raise ValueError(f"{target} exists and does not hold data generated by lie_helpers (no readable "
@@ -692,8 +822,9 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
             raise ValueError(
                 f"{target} holds generated data with other parameters (n_images={gt.get('n_images')}, "
                 f"seed={gt.get('seed')}, jpeg_quality={gt.get('jpeg_quality')}, generator_version="
-                f"{gt.get('generator_version')}); asked for n_images={n_images}, seed={seed}, jpeg_quality={quality}, "
-                f"generator_version={GENERATOR_VERSION}. Delete it, "
+                f"{gt.get('generator_version')}, hair/glasses bands={_bands_of(gt)}); asked for n_images={n_images}, "
+                f"seed={seed}, jpeg_quality={quality}, generator_version={GENERATOR_VERSION}, hair/glasses bands={bands}. "
+                "Delete it, "
                 "choose another folder, or pass overwrite=True.")
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(root)
@@ -702,10 +833,11 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
     image_dir.mkdir(parents=True)
     try:
         attrs, hair_z = sample_attributes(n_images, seed)
+        attrs, in_hair, in_glasses = noise_bands(attrs, seed, *bands)
         names = [f"{i + 1:06d}.jpg" for i in range(n_images)]
         chunk = 256
-        jobs = [(str(image_dir), seed, s, attrs[s:s + chunk], hair_z[s:s + chunk], quality)
-                for s in range(0, n_images, chunk)]
+        jobs = [(str(image_dir), seed, s, attrs[s:s + chunk], hair_z[s:s + chunk], in_hair[s:s + chunk],
+                 in_glasses[s:s + chunk], quality) for s in range(0, n_images, chunk)]
         results = []
         bar = tqdm(total=n_images, desc=f"Drawing {n_images} CelebA-format faces", unit="img",
                    disable=not progress)
@@ -722,10 +854,14 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
                 results.extend(out)
                 bar.update(len(out))
         bar.close()
-        _write_text_files(tmp, names, attrs, hair_z, results, split_sizes(n_images))
+        shades = drawn_shades(attrs, hair_z, in_hair)
+        _write_text_files(tmp, names, attrs, shades, results, split_sizes(n_images))
+        banded = bands != (0.0, 0.0)
+        if banded:
+            _write_posteriors(tmp, names, true_posteriors(attrs, shades, in_hair, in_glasses))
         # Written last; the folder only becomes visible through the rename below.
-        (tmp / GROUND_TRUTH).write_text(
-            json.dumps(_ground_truth(attrs, hair_z, n_images, seed, names, quality), indent=2) + "\n")
+        gt = _ground_truth(attrs, hair_z, n_images, seed, names, quality, (*bands, in_hair, in_glasses) if banded else None)
+        (tmp / GROUND_TRUTH).write_text(json.dumps(gt, indent=2) + "\n")
         if target.exists():      # overwrite=True on generated data (checked above)
             trash = root / f".{BASE_FOLDER}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}-old"
             os.rename(target, trash)
@@ -734,7 +870,7 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
             os.rename(tmp, target)
         except OSError:
             gt = _read_ground_truth(root)         # another process finished the same folder first
-            if gt is not None and _params_match(gt, n_images, seed, quality):
+            if gt is not None and _params_match(gt, n_images, seed, quality, bands):
                 shutil.rmtree(tmp, ignore_errors=True)
                 return root
             raise
@@ -744,7 +880,7 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
     return root
 
 
-def _write_text_files(folder: Path, names, attrs, hair_z, drawn, sizes) -> None:
+def _write_text_files(folder: Path, names, attrs, shades, drawn, sizes) -> None:
     n = len(names)
     n_train, n_valid, _ = sizes
     part = np.full(n, 2)
@@ -764,6 +900,12 @@ def _write_text_files(folder: Path, names, attrs, hair_z, drawn, sizes) -> None:
                      "leftmouth_x leftmouth_y rightmouth_x rightmouth_y"]
     lines += [name + " " + " ".join(f"{v:4d}" for v in lm) for name, (lm, _) in zip(names, drawn)]
     (folder / "list_landmarks_align_celeba.txt").write_text("\n".join(lines) + "\n")
-    shade = hair_shade(attrs, hair_z)
     (folder / "hair_shade.txt").write_text(
-        "".join(f"{name} {'nan' if np.isnan(t) else f'{t:.4f}'}\n" for name, t in zip(names, shade.tolist())))
+        "".join(f"{name} {'nan' if np.isnan(t) else f'{t:.4f}'}\n" for name, t in zip(names, shades.tolist())))
+
+
+def _write_posteriors(folder: Path, names, posteriors: dict) -> None:
+    lines = ["image_id " + " ".join(posteriors)]
+    lines += [name + " " + " ".join(f"{p:.4f}" for p in row)
+              for name, row in zip(names, np.stack(list(posteriors.values()), 1).tolist())]
+    (folder / "posterior.txt").write_text("\n".join(lines) + "\n")

@@ -124,3 +124,24 @@ def test_bad_input_is_refused(trained, tmp_path):
                              progress=False)
     with pytest.raises(FileNotFoundError, match="notebook 02"):
         analysis.load_run_brackets(profile, tmp_path)
+
+
+def test_explicit_example_and_batch_indices_pick_those_test_images(trained):
+    profile, _, test = trained
+    images, attributes = test
+    first = analysis.fixed_inputs(profile, test)
+    explicit = analysis.fixed_inputs(profile, test, example_indices=[0, 1, 2], batch_indices=range(5))
+    assert all(torch.equal(a, b) for a, b in zip(first, explicit))          # the default is the first images
+    examples, targets, batch = analysis.fixed_inputs(profile, test, example_indices=[7, 2, 4], batch_indices=[6, 0, 3, 5, 1])
+    torch.testing.assert_close(examples, lh.train.prepare_inputs(images[[7, 2, 4]]))
+    assert torch.equal(targets, attributes[[7, 2, 4]].float())
+    torch.testing.assert_close(batch, lh.train.prepare_inputs(images[[6, 0, 3, 5, 1]]))
+    inputs = analysis.record_inputs(profile, test, "cpu", batch_indices=[6, 0, 3, 5, 1])
+    assert torch.equal(inputs.batch_targets, attributes[[6, 0, 3, 5, 1]].float())
+    assert torch.equal(inputs.examples, first[0])                            # examples stay the first ones
+    with pytest.raises(ValueError, match="example_indices has 2 entries but the profile's bracket_examples is 3"):
+        analysis.fixed_inputs(profile, test, example_indices=[0, 1])
+    with pytest.raises(ValueError, match="batch_indices must be distinct indices into the test split's 8 images"):
+        analysis.fixed_inputs(profile, test, batch_indices=[0, 1, 2, 3, 8])
+    with pytest.raises(ValueError, match="distinct"):
+        analysis.fixed_inputs(profile, test, example_indices=[1, 1, 2])

@@ -327,3 +327,120 @@ def test_failed_download_points_to_the_manual_route(tmp_path, monkeypatch):
     monkeypatch.setattr("torchvision.datasets.celeba.download_file_from_google_drive", refused)
     with pytest.raises(RuntimeError, match="(?s)Too many users.*Align&Cropped.*list_eval_partition.txt"):
         celeba.CelebAFolder(tmp_path, download=True)
+
+
+# ---------------------------------------------------------------------------- noise bands
+BANDS = dict(hair_band=0.3, glasses_band=0.3)
+
+
+@pytest.fixture(scope="module")
+def banded(tmp_path_factory):
+    return generated_celeba.generate_celeba(tmp_path_factory.mktemp("banded") / "data", N, seed=0, progress=False,
+                                            **BANDS)
+
+
+def test_bands_off_leave_every_file_byte_identical(gen, tmp_path):
+    off = generated_celeba.generate_celeba(tmp_path, N, seed=0, progress=False, hair_band=0.0, glasses_band=0)
+    assert _digests(off) == _digests(gen) and not (off / "celeba" / "posterior.txt").exists()
+    # the text files as generated before the bands existed (images depend on Pillow's libjpeg: compared above)
+    pinned = {"list_attr_celeba.txt": "fad3114b5e3e36a3", "hair_shade.txt": "d020420d254f6b87",
+              "ground_truth.json": "5fd0b7384da3a9c4", "list_landmarks_align_celeba.txt": "15201347aea6c0ee"}
+    assert {name: _digests(off)[name][:16] for name in pinned} == pinned
+    attrs, _ = generated_celeba.sample_attributes(500, seed=3)
+    same, in_hair, in_glasses = generated_celeba.noise_bands(attrs, 3)
+    assert np.array_equal(same, attrs) and not in_hair.any() and not in_glasses.any()
+    names, post = generated_celeba.read_true_posteriors(gen)   # data without bands has posteriors too
+    attrs, hair_z = generated_celeba.sample_attributes(N, 0)
+    black_or_brown = (attrs[:, IDX["Black_Hair"]] + attrs[:, IDX["Brown_Hair"]]) == 1
+    expected = generated_celeba.black_posterior(generated_celeba.hair_shade(attrs, hair_z))
+    assert np.allclose(post["Black_Hair"][black_or_brown], expected[black_or_brown], atol=2e-3)
+    assert (post["Black_Hair"][~black_or_brown] == 0).all()
+    assert np.array_equal(post["Eyeglasses"], attrs[:, IDX["Eyeglasses"]])
+
+
+def test_noise_bands_relabel_by_a_coin_and_are_nested(sample):
+    attrs, _ = sample
+    black_or_brown = (attrs[:, IDX["Black_Hair"]] == 1) | (attrs[:, IDX["Brown_Hair"]] == 1)
+    out, in_hair, in_glasses = generated_celeba.noise_bands(attrs, 1, 0.3, 0.2)
+    assert in_hair.sum() == round(0.3 * black_or_brown.sum()) and not in_hair[~black_or_brown].any()
+    assert in_glasses.sum() == round(0.2 * len(attrs))
+    hair = out[:, [IDX["Black_Hair"], IDX["Brown_Hair"]]]
+    assert (hair[black_or_brown].sum(1) == 1).all() and (hair[~black_or_brown] == 0).all()    # still exclusive
+    assert 0.4 < hair[in_hair, 0].mean() < 0.6 and 0.4 < out[in_glasses, IDX["Eyeglasses"]].mean() < 0.6
+    changed = (out != attrs).any(0)
+    assert set(np.flatnonzero(changed)) <= {IDX["Black_Hair"], IDX["Brown_Hair"], IDX["Eyeglasses"]}
+    untouched = ~in_hair & ~in_glasses
+    assert np.array_equal(out[untouched], attrs[untouched])
+    small, small_hair, small_glasses = generated_celeba.noise_bands(attrs, 1, 0.1, 0.0)     # nested, same coins
+    hair_cols = [IDX["Black_Hair"], IDX["Brown_Hair"]]
+    assert (small_hair <= in_hair).all() and np.array_equal(small[small_hair][:, hair_cols], out[small_hair][:, hair_cols])
+    assert not small_glasses.any()
+    with pytest.raises(ValueError, match=r"hair_band must be a fraction in \[0, 0.9\]"):
+        generated_celeba.noise_bands(attrs, 1, 0.95)
+
+
+def test_band_faces_are_drawn_in_between():
+    assert abs(generated_celeba.black_posterior(generated_celeba.BAND_SHADE) - 0.5) < 1e-9
+    row = np.zeros(40, dtype=np.int8)
+    row[IDX["No_Beard"]] = row[IDX["Young"]] = row[IDX["Black_Hair"]] = 1
+    without = np.asarray(generated_celeba.render_face(row, seed=(0, 5))[0]).astype(int)
+    row[IDX["Eyeglasses"]] = 1
+    with_glasses = np.asarray(generated_celeba.render_face(row, seed=(0, 5))[0]).astype(int)
+    for label in (0, 1):                   # the label does not change a faint drawing
+        row[IDX["Eyeglasses"]] = label
+        faint = np.asarray(generated_celeba.render_face(row, seed=(0, 5), faint_glasses=True)[0]).astype(int)
+        assert np.abs(faint - (without + with_glasses) / 2).max() <= 1
+        frame = (without != with_glasses).any(-1)
+        assert frame.sum() > 200 and np.array_equal(faint[~frame], without[~frame])
+    row[IDX["Eyeglasses"]] = 0
+    drawn = generated_celeba.render_face(row, hair_z=-3.0, seed=(0, 5), shade=generated_celeba.BAND_SHADE)[0]
+    expected = generated_celeba._lerp((12, 10, 9), (150, 100, 58), generated_celeba.BAND_SHADE)
+    assert drawn.getpixel((89, 45)) == expected                     # hair on top of the head
+
+
+def test_band_ground_truth_and_true_posteriors(banded, tmp_path):
+    from scipy.stats import norm
+    base = banded / "celeba"
+    gt = json.loads((base / "ground_truth.json").read_text())
+    attrs, hair_z = generated_celeba.sample_attributes(N, 0)
+    out, in_hair, in_glasses = generated_celeba.noise_bands(attrs, 0, **BANDS)
+    names = [f"{i + 1:06d}.jpg" for i in range(N)]
+    bands = gt["noise_bands"]
+    assert bands["hair"]["fraction"] == 0.3 and bands["glasses"]["fraction"] == 0.3
+    assert bands["hair"]["images"] == [names[i] for i in np.flatnonzero(in_hair)] and in_hair.any()
+    assert bands["glasses"]["images"] == [names[i] for i in np.flatnonzero(in_glasses)] and in_glasses.any()
+    assert set(bands["hair"]["images"]) <= set(gt["ambiguous_pairs"][0]["ambiguous_images"])
+    read_names, post = generated_celeba.read_true_posteriors(banded)
+    assert read_names == names
+    rows = (base / "posterior.txt").read_text().splitlines()
+    assert rows[0].split() == ["image_id", "Black_Hair", "Brown_Hair", "Eyeglasses"]
+    stored = np.array([[float(v) for v in r.split()[1:]] for r in rows[1:]])
+    assert np.allclose(stored, np.stack([post[k] for k in ("Black_Hair", "Brown_Hair", "Eyeglasses")], 1), atol=2e-3)
+    # independently: Bayes' rule on the label-given shade normals; 0.5 in the bands; labels elsewhere
+    shade = generated_celeba.hair_shade(out, hair_z)
+    pb, pr = (generated_celeba.CELEBA_BASE_RATES[a] * norm.pdf(shade, *generated_celeba.SHADE[a])
+              for a in ("Black_Hair", "Brown_Hair"))
+    natural = (out[:, IDX["Black_Hair"]] + out[:, IDX["Brown_Hair"]] == 1) & ~in_hair
+    assert np.allclose(post["Black_Hair"][natural], (pb / (pb + pr))[natural], atol=2e-3)
+    assert (post["Black_Hair"][in_hair] == 0.5).all() and (post["Eyeglasses"][in_glasses] == 0.5).all()
+    assert np.array_equal(post["Eyeglasses"][~in_glasses], out[~in_glasses, IDX["Eyeglasses"]])
+    shades = [line.split()[1] for line in (base / "hair_shade.txt").read_text().splitlines()]
+    assert {shades[i] for i in np.flatnonzero(in_hair)} == {f"{generated_celeba.BAND_SHADE:.4f}"}
+    # other bands are other parameters; the same bands are no work
+    assert generated_celeba.generate_celeba(banded, N, seed=0, progress=False, **BANDS) == banded
+    with pytest.raises(ValueError, match=r"hair/glasses bands=\(0.3, 0.3\).*bands=\(0.1, 0.3\)"):
+        generated_celeba.generate_celeba(banded, N, seed=0, progress=False, hair_band=0.1, glasses_band=0.3)
+    with pytest.raises(ValueError, match="other parameters"):
+        generated_celeba.generate_celeba(banded, N, seed=0, progress=False)
+
+
+def test_a_profile_with_a_band_generates_and_uses_its_own_data(tmp_path):
+    plain = get_profile("ci", data_root=str(tmp_path), generated_images=24)
+    banded = get_profile("ci", data_root=str(tmp_path), generated_images=24, hair_noise_band=0.5)
+    assert celeba.prepare_data(banded, progress=False) == tmp_path / "generated-n24-seed0-hairband0.5"
+    gt = generated_celeba.read_ground_truth(tmp_path / "generated-n24-seed0-hairband0.5")
+    assert gt["noise_bands"]["hair"]["fraction"] == 0.5 and gt["noise_bands"]["glasses"]["images"] == []
+    assert celeba.prepare_data(plain, progress=False) == tmp_path / "generated-n24-seed0"
+    assert "noise_bands" not in generated_celeba.read_ground_truth(tmp_path / "generated-n24-seed0")
+    s = celeba.load_profile_split(banded, "train", progress=False)
+    assert s.fingerprint != celeba.load_profile_split(plain, "train", progress=False).fingerprint

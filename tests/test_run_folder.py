@@ -268,6 +268,8 @@ def test_a_second_writer_refuses_with_a_clear_message(run, monkeypatch):
     ("pushforward_batch", 0, ">= 1"), ("seeds", [], "non-empty list"), ("seeds", [0, 0], "distinct"),
     ("seeds", [0, -1], "integers >= 0"), ("depth", 19, "one of 18, 34, 50"), ("save_full_brackets", "yes", "true or false"),
     ("generated_images", 2, ">= 3"), ("image_size", "32", "an integer"),
+    ("hair_noise_band", -0.1, r"a number in \[0, 0.9\]"), ("glasses_noise_band", 0.95, r"in \[0, 0.9\]"),
+    ("hair_noise_band", "0.1", "a number"),
 ])
 def test_bad_settings_are_refused_naming_the_setting_and_what_it_accepts(setting, value, allowed):
     with pytest.raises(ValueError, match=f"Setting {setting} must be .*{allowed}.*; got"):
@@ -281,6 +283,23 @@ def test_settings_consistency_and_safe_coercions():
     assert p.lr == 1.0 and isinstance(p.lr, float) and p.betas == (0.9, 0.99) and p.seeds == (3, 4)
     assert p.hash() == get_profile("default", lr=1.0, betas=(0.9, 0.99), seeds=(3, 4)).hash()
     assert all(PROFILES[name] == get_profile(name) for name in PROFILES)
+
+
+def test_noise_bands_change_the_hash_and_the_data_folder_only_when_on():
+    from lie_helpers.config import data_dir, describe_source
+    for name in PROFILES:                  # today's hashes and data folders stay as they were
+        assert get_profile(name, hair_noise_band=0, glasses_noise_band=0.0).hash() == get_profile(name).hash()
+    assert get_profile("default").hash() == "d73ebf2f9099" and get_profile("ci").hash() == "783eb744251a"
+    assert data_dir(get_profile("default")).name == "generated-n4000-seed0"
+    hair, glasses = get_profile("default", hair_noise_band=0.1), get_profile("default", glasses_noise_band=0.1)
+    assert len({get_profile("default").hash(), hair.hash(), glasses.hash()}) == 3
+    assert data_dir(hair).name == "generated-n4000-seed0-hairband0.1"
+    assert data_dir(get_profile("default", hair_noise_band=0.3, glasses_noise_band=0.1)).name == \
+        "generated-n4000-seed0-hairband0.3-glassesband0.1"
+    assert "hair noise band 0.1" in describe_source(hair)
+    assert run_paths(hair).root.name != run_paths(get_profile("default")).root.name
+    with pytest.raises(ValueError, match="only exist for generated data"):
+        get_profile("default", data_source="real", hair_noise_band=0.1)
 
 
 # ----------------------------------------------------------------------------- one folder per experiment
