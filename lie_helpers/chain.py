@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROFILES, run_folder_name
+from .config import PROFILES, get_profile, run_folder_name
 from .results import results_dir
 from .storage import atomic_write_bytes, atomic_write_json, read_json, show
 
@@ -49,6 +49,9 @@ REPO_DIR = PACKAGE_DIR.parent
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_.+\.ipynb$")
 KERNEL_NAME = "python3"   # ipykernel's own spec: the interpreter running the chain
 STATE_FILE = "chain_state.json"
+# The profiles whose plain runs make the committed notebooks: default for the paper's chain, study for
+# notebook 04 (the decisive test, config.PROFILES["study"].stages).
+REFERENCE_PROFILES = ("default", "study")
 
 
 def say(message: str) -> None:
@@ -158,11 +161,11 @@ def parse_overrides(pairs) -> dict:
     return overrides
 
 
-def notebook_parameters(profile: str, overrides: dict, run_dir) -> dict:
-    """Only what differs from the notebooks' own defaults (profile="default", overrides={},
-    run_dir=None), so a plain default run injects no cell at all."""
+def notebook_parameters(profile: str, overrides: dict, run_dir, notebook_profile: str = "default") -> dict:
+    """Only what differs from the notebook's own defaults (profile=`notebook_profile`, overrides={},
+    run_dir=None), so a plain run of a notebook's own profile injects no cell at all."""
     parameters = {}
-    if profile != "default":
+    if profile != notebook_profile:
         parameters["profile"] = profile
     if overrides:
         parameters["overrides"] = overrides
@@ -171,7 +174,15 @@ def notebook_parameters(profile: str, overrides: dict, run_dir) -> dict:
     return parameters
 
 
-# ----------------------------------------------------------------------------- state
+def notebook_profile(path) -> str:
+    """The profile a notebook's `parameters` cell sets (`profile = "..."`): "default" for all but notebook 04."""
+    for cell in json.loads(Path(path).read_text())["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            found = re.search(r"""^profile\s*=\s*["']([^"']+)["']""", "".join(cell["source"]), re.M)
+            if found:
+                return found.group(1)
+    return "default"
+
 
 def load_state(run_root) -> dict:
     path = Path(run_root) / STATE_FILE
@@ -192,7 +203,7 @@ def stage_statuses(stages, state, parameters, fingerprint) -> list[tuple[Stage, 
     """
     rows, upstream_stale, previous = [], False, None
     for stage in stages:
-        key = stage_key(stage, parameters, previous, fingerprint)
+        key = stage_key(stage, parameters[stage.name], previous, fingerprint)
         record = state["stages"].get(stage.name)
         if record is None:
             status = "not run yet"
@@ -310,13 +321,13 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
     plan = _plan(profile, notebooks_dir, runs_root, run_dir, overrides)
     notebooks_dir, run_root, parameters, stages = plan.notebooks_dir, plan.run_root, plan.parameters, plan.stages
     overrides = plan.overrides
-    if update_references and parameters:
-        why = (f"profile {profile!r}" if profile != "default"
+    if update_references and (overrides or plan.own_folder or profile not in REFERENCE_PROFILES):
+        why = (f"profile {profile!r}" if profile not in REFERENCE_PROFILES
                else "--set overrides" if overrides else f"a run folder elsewhere ({run_root})")
         raise ChainError(
-            f"--update-references is only for a plain default-profile run, not for {why}. "
-            "The committed notebooks are what a reader sees when they open notebooks/ with the "
-            "default parameters, so they must come from a run that injected no parameters.")
+            f"--update-references is only for a plain run of {' or '.join(map(repr, REFERENCE_PROFILES))} "
+            f"(each updates its own notebooks), not for {why}. The committed notebooks are what a reader sees "
+            "when they open notebooks/, so they must come from the profile that notebook is committed from.")
     if not stages:
         raise ChainError(f"No notebooks named NN_*.ipynb in {notebooks_dir}.")
     selected = {s.name for s in select_stages(stages, only, start)}
@@ -336,7 +347,7 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
     results, previous = [], None
     for i, stage in enumerate(stages, 1):
         label = f"[{i}/{len(stages)}] {stage.name:<{width}}"
-        key = stage_key(stage, parameters, previous, fingerprint)
+        key = stage_key(stage, parameters[stage.name], previous, fingerprint)
         record = state["stages"].get(stage.name, {})
         if stage.name not in selected:
             if statuses[stage.name] != "up to date" and any(
@@ -360,7 +371,7 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
                 stage.executed.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     papermill.execute_notebook(
-                        str(stage.source), str(stage.partial), parameters=parameters or None,
+                        str(stage.source), str(stage.partial), parameters=parameters[stage.name] or None,
                         cwd=str(notebooks_dir), kernel_name=kernel_name, progress_bar=progress_bar)
                 except OSError:
                     raise
@@ -417,7 +428,7 @@ class Plan:
     run_root: Path
     own_folder: bool     # an explicit run_dir: its figures stay there
     overrides: dict
-    parameters: dict     # what the notebooks are given
+    parameters: dict     # stage name -> what that notebook is given
     stages: list
 
 
@@ -435,8 +446,10 @@ def _plan(profile: str, notebooks_dir, runs_root, run_dir, overrides) -> Plan:
     run_root = Path(run_dir).resolve() if own_folder else runs_root / folder
     # The notebooks find their run folder as ../runs/<folder> from notebooks/; say so only when it is elsewhere.
     injected = None if run_root == (notebooks_dir.parent / "runs" / folder).resolve() else run_root
-    return Plan(notebooks_dir, run_root, own_folder, overrides, notebook_parameters(profile, overrides, injected),
-                find_stages(notebooks_dir, run_root))
+    wanted = get_profile(profile, **overrides).stages     # the profile's notebooks (config.Profile.stages)
+    stages = [s for s in find_stages(notebooks_dir, run_root) if not wanted or s.number in wanted]
+    parameters = {s.name: notebook_parameters(profile, overrides, injected, notebook_profile(s.source)) for s in stages}
+    return Plan(notebooks_dir, run_root, own_folder, overrides, parameters, stages)
 
 
 def main(argv=None) -> int:

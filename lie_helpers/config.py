@@ -87,6 +87,12 @@ def _betas(value):
     return tuple(float(b) for b in value)
 
 
+def _stages(value):
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) and re.fullmatch(r"\d\d", v) for v in value):
+        raise ValueError('a list of two-digit notebook numbers, e.g. ["00", "01"] (empty: every notebook)')
+    return tuple(value)
+
+
 def _seeds(value):
     if not isinstance(value, (tuple, list)) or not value:
         raise TypeError("a non-empty list of distinct integers >= 0")
@@ -108,7 +114,8 @@ CHECKS = {
     "eval_images": _integer(1),
     "bracket_examples": _integer(2), "pushforward_batch": _integer(1), "save_full_brackets": _flag,
     "swap_checkpoints": _integer(0),
-    "seeds": _seeds,
+    "seeds": _seeds, "study_band": _fraction(MAX_BAND), "study_examples": _integer(2), "study_batch": _integer(4),
+    "study_sets": _integer(1), "stages": _stages,
 }
 
 
@@ -151,8 +158,16 @@ class Profile:
     save_full_brackets: bool = False    # also store every bracket (float16 safetensors)
     # real order effects (lie_helpers.order_effects): checkpoints that keep their Adam state for it
     swap_checkpoints: int = 4
-    # hypothesis experiments
+    # the decisive test (notebook 04, lie_helpers.study): its arms train with these seeds, on data whose
+    # noise bands (hair and glasses) are study_band; bracket examples per stratum, pushforward batch and
+    # example sets per seed
     seeds: tuple = (0, 1, 2)
+    study_band: float = 0.3
+    study_examples: int = 6
+    study_batch: int = 32
+    study_sets: int = 2
+    # which notebooks the chain runs for this profile (empty: all)
+    stages: tuple = ()
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -179,12 +194,17 @@ class Profile:
 PROFILES = {
     # Seconds on a 2-core CPU: proves the chain runs end to end (CI).
     "ci": Profile(name="ci", generated_images=600, image_size=32, width=0.125, steps=80,
-                  checkpoint_every=40, eval_images=59, seeds=(0, 1), swap_checkpoints=1),
-    # Minutes on a laptop CPU, large enough for the hair attributes to become uncertain.
-    "default": Profile(name="default"),
+                  checkpoint_every=40, eval_images=59, seeds=(0, 1), swap_checkpoints=1,
+                  study_examples=2, study_batch=8, study_sets=1),
+    # Minutes on a laptop CPU, large enough for the hair attributes to become uncertain. The decisive
+    # test (notebook 04) is the `study` profile's, not part of this chain.
+    "default": Profile(name="default", stages=("00", "01", "02", "03", "05")),
     # The write-up's settings, for a GPU with real or full-size generated data.
     "full": Profile(name="full", generated_images=202_599, image_size=64, width=1.0,
-                    steps=5000, checkpoint_every=100, eval_images=4096),
+                    steps=5000, checkpoint_every=100, eval_images=4096, stages=("00", "01", "02", "03", "05")),
+    # The decisive test of the write-up's hypothesis (notebook 04 alone; `make study`): 8 seeds an arm,
+    # 2000 steps, so that the model reaches the bands' posterior (lie_helpers.study).
+    "study": Profile(name="study", steps=2000, checkpoint_every=500, seeds=tuple(range(8)), stages=("04",)),
 }
 
 

@@ -27,7 +27,6 @@ import torch
 
 from .attributes import ATTRIBUTES
 from .generated_celeba import read_ground_truth, read_true_posteriors
-from .losses import HAIR_INDEX, OTHER_INDEX
 from .train import EVAL_BATCH, prepare_inputs
 
 AMBIGUOUS = (0.2, 0.8)        # an own-label posterior strictly inside is ambiguous
@@ -127,11 +126,9 @@ def draw_example_sets(split_strata: dict, seed: int, n_sets: int = 4, bracket: d
 # ----------------------------------------------------------------------------- does the model reach the posterior?
 
 def predicted_probabilities(model, loss_fn, images) -> np.ndarray:
-    """P(attribute) [N, 40] in CelebA's order from a trained model (eval mode) on uint8 images [N, 3, S, S].
-
-    Uses ``loss_fn.probabilities(logits)`` when the loss has one; else sigmoids for the independent loss,
-    and for categorical_hair sigmoids plus the hair softmax's four colour classes.
-    """
+    """P(attribute) [N, 40] in CelebA's order from a trained model (eval mode) on uint8 images [N, 3, S, S]:
+    the sigmoid of each attribute's log-odds (hypothesis.attribute_log_odds), for any loss's outputs."""
+    from .hypothesis import attribute_log_odds
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -139,17 +136,7 @@ def predicted_probabilities(model, loss_fn, images) -> np.ndarray:
         logits = torch.cat([model(prepare_inputs(images[i:i + EVAL_BATCH], param.device, param.dtype)).cpu()
                             for i in range(0, len(images), EVAL_BATCH)])
     model.train(was_training)
-    if hasattr(loss_fn, "probabilities"):
-        return loss_fn.probabilities(logits).double().numpy()
-    if loss_fn.name == "independent":
-        return torch.sigmoid(logits).double().numpy()
-    if loss_fn.name == "categorical_hair":
-        out = torch.zeros(len(logits), len(ATTRIBUTES), dtype=torch.float64)
-        out[:, OTHER_INDEX] = torch.sigmoid(logits[:, :len(OTHER_INDEX)]).double()
-        out[:, HAIR_INDEX] = logits[:, len(OTHER_INDEX):].softmax(-1)[:, :len(HAIR_INDEX)].double()
-        return out.numpy()
-    raise ValueError(f"No probabilities for loss {loss_fn.name!r}: give it a probabilities(logits) method "
-                     "returning P(attribute) [N, 40] in CelebA's order.")
+    return torch.sigmoid(attribute_log_odds(loss_fn.name, logits)).numpy()
 
 
 def posterior_fit(probabilities, attributes, truth: SplitTruth, bins: int = 5) -> dict:

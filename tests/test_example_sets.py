@@ -113,22 +113,20 @@ def test_posterior_fit_against_the_recorded_posteriors(data):
     assert fit["calibration"][0]["mean_posterior"] == pytest.approx(true[low].mean())
 
 
-@pytest.mark.parametrize("loss", ["independent", "categorical_hair"])
+@pytest.mark.parametrize("loss", ["independent", "categorical_hair_matched", "exclusive_makeup"])
 def test_predicted_probabilities_of_a_model(loss):
     model = build_model(get_profile("ci", image_size=16, width=0.125, loss=loss))
     images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
-    p = example_sets.predicted_probabilities(model, get_loss(loss), images)
+    loss_fn = get_loss(loss)
+    p = example_sets.predicted_probabilities(model, loss_fn, images)
     model.eval()
     with torch.no_grad():
         logits = model(prepare_inputs(images)).double()
     assert p.shape == (5, 40) and ((p > 0) & (p < 1)).all()
-    if loss == "independent":
-        np.testing.assert_allclose(p, torch.sigmoid(logits).numpy(), rtol=1e-6)
-    else:
-        hair = logits[:, -5:].softmax(-1)
-        np.testing.assert_allclose(p[:, IDX["Black_Hair"]], hair[:, 0].numpy(), rtol=1e-6)
-        np.testing.assert_allclose(p[:, IDX["Male"]], torch.sigmoid(logits[:, get_loss(loss).output_names.index("Male")]).numpy(), rtol=1e-6)
-        assert (p[:, [IDX[a] for a in ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")]].sum(1) < 1).all()
+    binary = [ATTRIBUTES[i] for i in loss_fn.binary_index]
+    np.testing.assert_allclose(p[:, IDX[binary[0]]], torch.sigmoid(logits[:, 0]).numpy(), rtol=1e-6)
+    for members, at in zip(loss_fn.softmax_groups, loss_fn.group_slices()):   # a group member: its softmax p
+        np.testing.assert_allclose(p[:, IDX[members[0]]], logits[:, at].softmax(-1)[:, 0].numpy(), rtol=1e-6)
 
 
 def test_model_posterior_fit_on_a_split(data):
