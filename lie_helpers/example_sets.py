@@ -27,7 +27,7 @@ import torch
 
 from .attributes import ATTRIBUTES
 from .generated_celeba import read_ground_truth, read_true_posteriors
-from .losses import HAIR_INDEX, OTHER_INDEX
+from .losses import SoftmaxGroupLoss
 from .train import EVAL_BATCH, prepare_inputs
 
 AMBIGUOUS = (0.2, 0.8)        # an own-label posterior strictly inside is ambiguous
@@ -129,8 +129,8 @@ def draw_example_sets(split_strata: dict, seed: int, n_sets: int = 4, bracket: d
 def predicted_probabilities(model, loss_fn, images) -> np.ndarray:
     """P(attribute) [N, 40] in CelebA's order from a trained model (eval mode) on uint8 images [N, 3, S, S].
 
-    Uses ``loss_fn.probabilities(logits)`` when the loss has one; else sigmoids for the independent loss,
-    and for categorical_hair sigmoids plus the hair softmax's four colour classes.
+    Uses ``loss_fn.probabilities(logits)`` when the loss has one; else, for any loss of
+    lie_helpers.losses, sigmoids for the ungrouped attributes and each softmax group's member classes.
     """
     param = next(model.parameters())
     was_training = model.training
@@ -141,12 +141,11 @@ def predicted_probabilities(model, loss_fn, images) -> np.ndarray:
     model.train(was_training)
     if hasattr(loss_fn, "probabilities"):
         return loss_fn.probabilities(logits).double().numpy()
-    if loss_fn.name == "independent":
-        return torch.sigmoid(logits).double().numpy()
-    if loss_fn.name == "categorical_hair":
+    if isinstance(loss_fn, SoftmaxGroupLoss):
         out = torch.zeros(len(logits), len(ATTRIBUTES), dtype=torch.float64)
-        out[:, OTHER_INDEX] = torch.sigmoid(logits[:, :len(OTHER_INDEX)]).double()
-        out[:, HAIR_INDEX] = logits[:, len(OTHER_INDEX):].softmax(-1)[:, :len(HAIR_INDEX)].double()
+        out[:, loss_fn.binary_index] = torch.sigmoid(logits[:, :len(loss_fn.binary_index)]).double()
+        for where, members in zip(loss_fn.group_slices(), loss_fn.group_index):
+            out[:, members] = logits[:, where].softmax(-1)[:, :len(members)].double()
         return out.numpy()
     raise ValueError(f"No probabilities for loss {loss_fn.name!r}: give it a probabilities(logits) method "
                      "returning P(attribute) [N, 40] in CelebA's order.")

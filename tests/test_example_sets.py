@@ -113,7 +113,7 @@ def test_posterior_fit_against_the_recorded_posteriors(data):
     assert fit["calibration"][0]["mean_posterior"] == pytest.approx(true[low].mean())
 
 
-@pytest.mark.parametrize("loss", ["independent", "categorical_hair"])
+@pytest.mark.parametrize("loss", ["independent", "categorical_hair_matched", "categorical_hair_x4"])
 def test_predicted_probabilities_of_a_model(loss):
     model = build_model(get_profile("ci", image_size=16, width=0.125, loss=loss))
     images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
