@@ -4,6 +4,7 @@
 #                       into runs/check and its results checked against tests/result_checks.toml
 # Others:
 #   make setup          only create/refresh .venv (pinned by constraints.txt)
+#   make study          the decisive test (notebook 04, ~45 min on 2 cores; resumes)
 #   make run PROFILE=full ARGS="--force"     any profile, any chain option (see --help)
 #   make bench          the benchmarks
 #   make gpu-check      the GPU check: runs/gpu-check/gpu_check.{json,md} (tiny on the CPU without CUDA)
@@ -22,7 +23,7 @@ STAMP := $(VENV)/.setup-stamp
 SETUP_KEY = $(shell cat pyproject.toml constraints.txt | $(PYTHON) -c "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
 CHECK_RUN := runs/check
 
-.PHONY: setup run test bench gpu-check clean-runs publish-links
+.PHONY: setup run test study bench gpu-check clean-runs publish-links
 
 setup:
 	@key="$(SETUP_KEY)"; \
@@ -50,6 +51,17 @@ test: setup
 	$(PY) -m lie_helpers.chain --profile ci --no-progress-bar
 	$(PY) -m lie_helpers.chain --profile default --run-dir $(CHECK_RUN) --no-progress-bar
 	$(PY) -m lie_helpers.results $(CHECK_RUN)
+
+# The decisive test (notebook 04, profile `study`): two processes share the runs on two cores (each
+# resumes, so an interrupted study continues), then the chain executes notebook 04 over the finished runs
+# and its results are checked. JOBS=1 for one process.
+JOBS ?= 2
+study: setup
+	@pids=""; for k in $$(seq 0 $$(($(JOBS) - 1))); do \
+		OMP_NUM_THREADS=1 $(PY) -m lie_helpers.study --profile study --shard $$k/$(JOBS) & pids="$$pids $$!"; \
+	done; status=0; for p in $$pids; do wait $$p || status=1; done; exit $$status
+	$(PY) -m lie_helpers.chain --profile study $(ARGS)
+	$(PY) -m lie_helpers.results runs/study --checks tests/study_checks.toml
 
 bench: setup
 	$(PY) benchmarks/bench_brackets.py

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ from .attributes import ATTRIBUTES
 from .celeba import load_profile_split, prepare_data
 from .config import Profile
 from .hypothesis import CORRELATED_CONTROLS, HAIR_PAIR, attribute_magnitudes, attribute_mask, attribute_perturbations
-from .losses import get_loss
+from .baselines import gradient_pushforward
+from .losses import IndependentBCE, get_loss
 from .train import load_checkpoint, train
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -152,14 +154,23 @@ def analyse_study_run(profile: Profile, root: Path, sets, test) -> None:
                                                           pushforward_batch=len(s.pushforward)),
                                       (test.images, test.attributes), example_indices=examples,
                                       batch_indices=s.pushforward)
-                batch_targets = test.attributes[torch.as_tensor(s.pushforward)].float()
-                record = analyse_checkpoint(model, loss_fn, *inputs, batch_targets=batch_targets)
+                record = analyse_checkpoint(model, loss_fn, *inputs)    # brackets only: no per-attribute baselines
                 name = f"{s.number}|{stratum}"       # strata names hold "/"
                 tensors[f"{name}|logit_perturbation"] = record["logit_perturbation"]
                 tensors[f"{s.number}|batch_logits"] = record["batch_logits"]
-                if "gradient_pushforward" in record:
-                    tensors[f"{name}|gradient_pushforward"] = record["gradient_pushforward"]
+                if isinstance(loss_fn, IndependentBCE):                 # J·g: what one gradient step predicts
+                    tensors[f"{name}|gradient_pushforward"] = gradient_pushforward(model, loss_fn, *inputs).per_example
         storage.atomic_save_tensors(path, tensors, metadata={"key": key, "step": str(step)})
+
+
+def study_runs(P: Profile, shard=(0, 1)) -> list[tuple[Arm, int]]:
+    """Every (arm, seed) of the study, the widest (slowest) first, or shard (k, n)'s share: runs k, k + n, …"""
+    runs = [(arm, seed) for arm in study_arms(P) for seed in arm.seeds]
+    runs.sort(key=lambda run: -(run[0].width or P.width))     # stable: arm order within a width
+    k, n = shard
+    if not 0 <= k < n:
+        raise ValueError(f"shard (k, n) needs 0 <= k < n, got {shard}.")
+    return runs[k::n]
 
 
 def train_and_analyse(P: Profile, root, *, shard=(0, 1), progress: bool = True) -> dict:
@@ -167,11 +178,8 @@ def train_and_analyse(P: Profile, root, *, shard=(0, 1), progress: bool = True) 
     shard (k, n) (two processes on two cores: `python -m lie_helpers.study --shard 0/2` and `1/2`).
     Returns seconds per run."""
     sets, test = study_sets(P)
-    runs = [(arm, seed) for arm in study_arms(P) for seed in arm.seeds]
-    runs.sort(key=lambda run: -(run[0].width or P.width))     # the widest (slowest) first, one per shard
-    k, n = shard
     seconds = {}
-    for arm, seed in tqdm(runs[k::n], desc="study runs", disable=not progress):
+    for arm, seed in tqdm(study_runs(P, shard), desc="study runs", disable=not progress):
         profile = arm_profile(P, arm, seed)
         root_k = run_dir(root, arm, seed)
         start = time.perf_counter()
@@ -205,7 +213,8 @@ def _relative(log_magnitude: torch.Tensor) -> np.ndarray:
     return m - np.median(m, axis=-1, keepdims=True)
 
 
-def run_profile(P: Profile, root, arm: Arm, seed: int) -> RunProfile:
+def run_profile(P: Profile, root, arm: Arm, seed: int, scale: str = SCALE) -> RunProfile:
+    """The run's profile (RunProfile) on `scale` (hypothesis.PERTURBATION_SCALES; Fisher is primary)."""
     profile = arm_profile(P, arm, seed)
     root_k = run_dir(root, arm, seed)
     per = {}
@@ -220,19 +229,19 @@ def run_profile(P: Profile, root, arm: Arm, seed: int) -> RunProfile:
                 continue
             number, stratum, _ = name.split("|")
             logits = record[f"{number}|batch_logits"][None]
-            perturbation = attribute_perturbations(profile.loss, d_logits, logits, SCALE)
+            perturbation = attribute_perturbations(profile.loss, d_logits, logits, scale)
             per.setdefault(stratum, []).append(_relative(attribute_magnitudes(perturbation[None])[0].log10()))
             if f"{number}|{stratum}|gradient_pushforward" in record:
-                jg = attribute_perturbations(profile.loss, record[f"{number}|{stratum}|gradient_pushforward"], logits, SCALE)
+                jg = attribute_perturbations(profile.loss, record[f"{number}|{stratum}|gradient_pushforward"], logits, scale)
                 first.append(_relative(attribute_magnitudes(jg[None])[0].log10()))
     by_stratum = {k: np.mean(v, axis=0) for k, v in per.items()}
     return RunProfile(arm.name, seed, by_stratum, np.mean(list(by_stratum.values()), axis=0),
                       np.mean(first, axis=0) if first else None)
 
 
-def study_profiles(P: Profile, root) -> dict[str, list[RunProfile]]:
-    """Arm name -> its runs' profiles, in seed order."""
-    return {arm.name: [run_profile(P, root, arm, seed) for seed in arm.seeds] for arm in study_arms(P)}
+def study_profiles(P: Profile, root, scale: str = SCALE) -> dict[str, list[RunProfile]]:
+    """Arm name -> its runs' profiles on `scale`, in seed order."""
+    return {arm.name: [run_profile(P, root, arm, seed, scale) for seed in arm.seeds] for arm in study_arms(P)}
 
 
 def mean_of(profiles: list[RunProfile], names, stratum: str | None = None, first_order: bool = False) -> np.ndarray:
@@ -348,6 +357,77 @@ def verdict(table: dict, n_seeds: int) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- figures
+
+KEY_ATTRIBUTES = (*HAIR_PAIR, *GLASSES, *CORRELATED_CONTROLS, "Blond_Hair", "Gray_Hair", "Male", "Attractive")
+MAIN_ARMS = ("independent", "independent, no bands", "categorical, matched", "exclusive makeup", "categorical x4")
+
+
+def plot_arm_profiles(profiles: dict, arms=MAIN_ARMS, attributes=KEY_ATTRIBUTES):
+    """Each arm's relative log10 magnitude of the key attributes: a dot per seed, a bar for the mean."""
+    import matplotlib.pyplot as plt
+    arms = [a for a in arms if a in profiles]
+    fig, ax = plt.subplots(figsize=(12, 4.4))
+    width = 0.8 / len(arms)
+    for k, arm in enumerate(arms):
+        values = np.array([[p.pooled[ATTRIBUTES.index(a)] for a in attributes] for p in profiles[arm]])
+        x = np.arange(len(attributes)) + (k - (len(arms) - 1) / 2) * width
+        ax.bar(x, values.mean(0), width * 0.9, color=f"C{k}", alpha=0.45, label=f"{arm} ({len(values)} seeds)")
+        for row in values:
+            ax.plot(x, row, "o", color=f"C{k}", ms=3)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xticks(range(len(attributes)), attributes, rotation=20, ha="right")
+    ax.set_ylabel("log10 magnitude − median attribute's\n(Fisher units; late checkpoints, all strata)")
+    ax.legend(fontsize=8, ncol=3, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_contrasts(table: dict):
+    """The pre-registered contrasts: mean and 95% t interval over seeds, Holm p beside each.
+    C1–C4 are log10 differences; C5 a difference of AUROCs, on its own axis (reference 0 for both)."""
+    import matplotlib.pyplot as plt
+    names = list(table)
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 1.4]})
+    for ax, rows in ((ax_l, names[:-1]), (ax_a, names[-1:])):
+        for y, name in enumerate(rows):
+            r = table[name]
+            ax.errorbar(r["mean"], y, xerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], fmt="o", capsize=4,
+                        color="C3" if r["p_holm"] < 0.05 else "0.3")
+            ax.annotate(f"Holm p {r['p_holm']:.3f}", (r["high"], y), xytext=(6, 0), textcoords="offset points",
+                        va="center", fontsize=8)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_yticks(range(len(rows)), [n.split(": ", 1)[1] if ": " in n else n for n in rows], fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax_l.set_title("C1–C4 (log10 ratio of relative magnitudes)", fontsize=10)
+    ax_a.set_title("C5 (difference of AUROCs)", fontsize=10)
+    ax_l.set_xlabel("mean over seeds, 95% t interval (red: Holm p < 0.05)")
+    ax_a.set_xlabel("brackets − J·g")
+    fig.tight_layout()
+    return fig
+
+
+def plot_dial(P: Profile, profiles: dict):
+    """The dial: hair pair and Eyeglasses relative magnitude against the band fraction (independent loss)."""
+    import matplotlib.pyplot as plt
+    arms = {a.name: a for a in study_arms(P)}
+    dial = [n for n in ("independent, no bands", "independent, bands / 3", "independent") if n in profiles]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (label, names) in enumerate((("Black & Brown hair", HAIR_PAIR), ("Eyeglasses", GLASSES),
+                                        ("makeup & lipstick (not banded)", CORRELATED_CONTROLS))):
+        xs = [arms[n].band for n in dial]
+        values = [mean_of(profiles[n], names) for n in dial]
+        ax.plot(xs, [v.mean() for v in values], "o-", color=f"C{k}", label=label)
+        for x, v in zip(xs, values):
+            ax.plot(np.full(len(v), x), v, ".", color=f"C{k}", alpha=0.5)
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set(xlabel="noise band: fraction of faces at posterior 0.5", ylabel="log10 magnitude − median attribute's",
+           title="The dial (independent loss; dots: seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None) -> int:
@@ -359,11 +439,13 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="study")
     parser.add_argument("--shard", default="0/1", metavar="K/N", help="run the runs K, K+N, … (one process a core)")
     args = parser.parse_args(argv)
-    k, n = (int(x) for x in args.shard.split("/"))
-    if not 0 <= k < n:
-        raise SystemExit(f"--shard K/N needs 0 <= K < N, got {args.shard}.")
-    P = get_profile(args.profile, data_root=str(REPO_DIR / "data"))
-    seconds = train_and_analyse(P, run_paths(P, runs_root=REPO_DIR / "runs").root, shard=(k, n))
+    try:
+        k, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard must be K/N, e.g. 0/2; got {args.shard!r}.") from None
+    os.chdir(REPO_DIR / "notebooks")      # where notebook 04 runs: the profile's paths (../data, ../runs) agree
+    P = get_profile(args.profile)
+    seconds = train_and_analyse(P, run_paths(P).root, shard=(k, n))
     for (arm, seed), t in seconds.items():
         print(f"{arm:<28} seed {seed}: {t:6.0f} s")
     return 0

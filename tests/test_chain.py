@@ -103,6 +103,24 @@ def test_parameters_only_what_differs_from_the_notebooks_defaults():
     assert chain.notebook_parameters("ci", {"steps": 3}, None) == {"profile": "ci", "overrides": {"steps": 3}}
 
 
+def test_each_profile_runs_its_own_notebooks_and_each_notebook_its_own_profile(repo):
+    """The default chain leaves out notebook 04 (the study); the study profile runs 04 alone and, being
+    04's own profile (its parameters cell), injects nothing into it."""
+    log = repo / "log.jsonl"
+    write_notebook(repo / "notebooks" / "04_study.ipynb", log)
+    study_nb = repo / "notebooks" / "04_study.ipynb"
+    study_nb.write_text(study_nb.read_text().replace('profile = \\"default\\"', 'profile = \\"study\\"'))
+    assert chain.notebook_profile(study_nb) == "study"
+    assert chain.notebook_profile(repo / "notebooks" / "00_data.ipynb") == "default"
+    folders = dict(notebooks_dir=repo / "notebooks", runs_root=repo / "runs", run_dir=None, overrides={})
+    default = chain._plan("default", **folders)
+    assert [s.name for s in default.stages] == ["00_data", "01_train", "02_brackets"]
+    study = chain._plan("study", **folders)
+    assert [s.name for s in study.stages] == ["04_study"] and study.parameters == {"04_study": {}}
+    ci = chain._plan("ci", **folders)
+    assert [s.name for s in ci.stages][-1] == "04_study" and ci.parameters["04_study"] == {"profile": "ci"}
+
+
 def test_stage_selection(repo):
     stages = chain.find_stages(repo / "notebooks", repo / "runs" / "default")
     assert [s.name for s in stages] == ["00_data", "01_train", "02_brackets"]

@@ -1,0 +1,146 @@
+"""The decisive test's code (lie_helpers.study): arms, shared examples, resumable records, profiles, the
+pre-registered contrasts and a verdict that follows them. End to end on tiny runs; the statistics
+themselves are tested in test_stats.py."""
+import numpy as np
+import pytest
+import torch
+
+from lie_helpers import stats, study
+from lie_helpers.attributes import ATTRIBUTES
+from lie_helpers.config import get_profile
+from lie_helpers.hypothesis import attribute_mask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NEEDED = ("independent", "independent, no bands", "categorical, matched", "exclusive makeup")
+
+
+@pytest.fixture(scope="module")
+def tiny(one_thread, tmp_path_factory):
+    """The four arms the contrasts need, 2 seeds each, 20 steps on the ci data (600 images)."""
+    P = get_profile("ci", data_root=str(tmp_path_factory.mktemp("data")), steps=20, checkpoint_every=10)
+    root = tmp_path_factory.mktemp("study-run")
+    arms = [a for a in study.study_arms(P) if a.name in NEEDED]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(study, "study_arms", lambda profile: arms)
+        study.train_and_analyse(P, root, progress=False)
+        profiles = study.study_profiles(P, root)
+    return P, root, arms, profiles
+
+
+def test_the_arms_and_their_profiles():
+    P = get_profile("study")
+    arms = {a.name: a for a in study.study_arms(P)}
+    assert set(NEEDED) <= set(arms)
+    assert all(len(arms[n].seeds) == 8 for n in NEEDED)          # exact sign-flip p can reach 1/128
+    assert arms["independent, no bands"].band == 0 and arms["independent"].band == P.study_band
+    profile = study.arm_profile(P, arms["exclusive makeup"], 3)
+    assert (profile.loss, profile.seed, profile.hair_noise_band, profile.glasses_noise_band) == \
+        ("exclusive_makeup", 3, P.study_band, P.study_band)
+    assert {a.width for a in arms.values() if a.role == "capacity"} == {0.5, 1.0}
+    assert study.late_steps(P) == [1000, 1500, 2000]
+
+
+def test_records_are_stored_once_and_resume(tiny, monkeypatch):
+    P, root, arms, _ = tiny
+    for arm in arms:
+        for seed in arm.seeds:
+            paths = [study.record_path(study.run_dir(root, arm, seed), s) for s in study.late_steps(P)]
+            assert all(p.exists() for p in paths)
+    calls = []
+    monkeypatch.setattr(study, "study_arms", lambda profile: arms)
+    monkeypatch.setattr(study, "analyse_checkpoint", lambda *a, **k: calls.append(1))
+    study.train_and_analyse(P, root, progress=False)                    # everything done: nothing recomputed
+    assert calls == []
+
+
+def test_every_arm_uses_the_same_test_images(tiny):
+    P, root, arms, _ = tiny
+    sets, test = study.study_sets(P)
+    s = sets[P.seeds[0]][0]
+    assert set(s.bracket) == set(study.BRACKET_STRATA)
+    assert len(s.pushforward) == P.study_batch
+    assert not set(np.concatenate(list(s.bracket.values()))) & set(s.pushforward.tolist())
+
+
+def test_a_record_is_relative_to_its_median_attribute():
+    magnitudes = torch.rand(40, dtype=torch.float64) + 0.1
+    assert np.median(study._relative(magnitudes.log10())) == pytest.approx(0, abs=1e-12)
+
+
+def test_profiles_pool_the_strata_and_the_contrasts_follow(tiny):
+    P, root, arms, profiles = tiny
+    for arm in arms:
+        for p in profiles[arm.name]:
+            assert p.pooled.shape == (40,) and np.isfinite(p.pooled).all()
+            assert set(p.by_stratum) == set(study.BRACKET_STRATA)
+            np.testing.assert_allclose(p.pooled, np.mean(list(p.by_stratum.values()), axis=0))
+            assert (p.first_order is not None) == (arm.loss == "independent")
+    table = study.test_contrasts(profiles, np.ones(40, bool))
+    assert list(table) == [*study.CONTRASTS, study.DETECTION]
+    assert all(0 < r["p"] <= r["p_holm"] <= 1 and r["low"] <= r["mean"] <= r["high"] for r in table.values())
+    lines = study.verdict(table, len(P.seeds))
+    assert len(lines) >= 5 and "2 seeds" in lines[-1]
+
+
+def fake_profiles(shift: dict, n_seeds: int = 8, seed: int = 0):
+    """RunProfiles with noise, plus `shift` (arm -> {attribute: log10 added})."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for arm in NEEDED:
+        rows = []
+        for k in range(n_seeds):
+            pooled = rng.normal(0, 0.05, 40)
+            for name, value in shift.get(arm, {}).items():
+                pooled[ATTRIBUTES.index(name)] += value
+            rows.append(study.RunProfile(arm, k, {"other": pooled}, pooled, pooled * 0.5))
+        out[arm] = rows
+    return out
+
+
+def test_a_planted_positive_control_is_flagged_and_nothing_else():
+    planted = {"exclusive makeup": {"Heavy_Makeup": 1.0, "Wearing_Lipstick": 1.0}}
+    table = study.test_contrasts(fake_profiles(planted), np.ones(40, bool))
+    c1, *others = table.values()
+    assert c1["mean"] == pytest.approx(1.0, abs=0.1) and c1["p_holm"] < 0.05
+    assert all(r["p_holm"] > 0.05 for r in others[:3])
+    lines = study.verdict(table, 8)
+    assert lines[0].startswith("Brackets flag the mis-specified loss")
+    assert "do not track" in lines[1]
+
+
+def test_the_verdict_reads_ambiguity_and_exclusivity_from_the_contrasts():
+    planted = {"independent": {"Black_Hair": 0.8, "Brown_Hair": 0.8, "Eyeglasses": 0.8}}
+    table = study.test_contrasts(fake_profiles(planted, seed=1), np.ones(40, bool))
+    lines = study.verdict(table, 8)
+    assert "track ambiguity itself" in lines[1]
+    assert "lowers the hair pair's share" in lines[2]           # (a) − (b) > 0 on hair
+    assert lines[0].startswith("Brackets do not flag")
+
+
+def test_detection_auroc_is_stats_auroc_over_the_eligible_attributes():
+    profiles = fake_profiles({"independent": {"Black_Hair": 1.0}})["independent"]
+    eligible = np.ones(40, bool)
+    eligible[:3] = False
+    got = study.detection_aurocs(profiles, eligible)
+    positive = attribute_mask(study.MANIPULATED)
+    expected = [stats.auroc(p.pooled[eligible], positive[eligible]) for p in profiles]
+    np.testing.assert_allclose(got, expected)
+
+
+def test_eligible_attributes_leave_out_outputs_that_never_change():
+    attributes = torch.zeros(200, 40, dtype=torch.int64)
+    attributes[:100, 5] = 1
+    attributes[:1, 6] = 1                                             # 0.5%: below 1%
+    assert np.flatnonzero(study.eligible_attributes(attributes)).tolist() == [5]
+
+
+def test_shards_split_the_runs_disjointly_widest_first():
+    P = get_profile("study")
+    every = study.study_runs(P)
+    shares = [study.study_runs(P, (k, 2)) for k in range(2)]
+    assert len(every) == 40 and sorted(map(str, shares[0] + shares[1])) == sorted(map(str, every))
+    assert not set(map(str, shares[0])) & set(map(str, shares[1]))
+    assert {shares[0][0][0].width, shares[1][0][0].width} == {0.5, 1.0}     # one slow run per process
+    with pytest.raises(ValueError, match="shard"):
+        study.study_runs(P, (2, 2))
