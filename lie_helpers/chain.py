@@ -15,10 +15,15 @@ papermill writes each executed notebook beside its place (`NN_name.partial.ipynb
 replaces the executed copy only when the stage succeeds: a failed stage never replaces a
 good executed notebook, and its partial notebook is kept for debugging.
 
+Stages of a profile. A profile runs the notebooks its `stages` setting names (config.Profile):
+the default chain 00–03 and 05, the `study` profile notebook 04 alone (the decisive test,
+`make study`), `ci` all of them.
+
 Parameters. Every notebook's first code cell is tagged `parameters` and defines
-`profile = "default"`, `overrides = {}` and `run_dir = None`. The chain injects only what
-differs from those defaults, so a default-profile run injects nothing and its executed
-notebooks can become the committed ones (what a reader of the repository sees). Their key
+`profile = "default"` (notebook 04: `"study"`), `overrides = {}` and `run_dir = None`. The chain
+injects only what differs from a notebook's own defaults, so a plain run of that profile injects
+nothing and its executed notebooks can become the committed ones (what a reader of the
+repository sees): --update-references after `default` for 00–03 and 05, after `study` for 04. Their key
 results are checked separately, with tolerances: `python -m lie_helpers.results RUN_DIR`.
 
 Skipping. A stage's key hashes its cells, its parameters, the key of the previous stage's

@@ -28,8 +28,7 @@ of threads per process (torchrun sets OMP_NUM_THREADS=1 unless it is set) and th
 The test split is the profile's (celeba.load_profile_split, as in notebook 02; rank 0 loads
 and caches it first), or --test-tensors FILE: a safetensors file with `images` (uint8
 [N, 3, S, S]) and `attributes` ([N, 40]) and the data fingerprint in its metadata, the form
-of lie_helpers.celeba's split cache files. Pairs are not shared across ranks: each record
-(all N(N−1)/2 pairs of one checkpoint) is computed by one process.
+of lie_helpers.celeba's split cache files.
 """
 from __future__ import annotations
 
