@@ -86,7 +86,7 @@ def test_unknown_setting_fails_before_any_work(repo, capsys):
 
 def test_update_references_refused_for_other_profiles(repo):
     for kwargs in ({"profile": "ci"}, {"profile": "default", "overrides": {"steps": 300}}):
-        with pytest.raises(ChainError, match="only for a plain default-profile run"):
+        with pytest.raises(ChainError, match="only for a plain run of 'default' or 'study'"):
             chain_in(repo, update_references=True, **kwargs)
     assert not runs(repo)
 
