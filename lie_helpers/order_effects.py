@@ -291,7 +291,8 @@ def summarise(swaps: list[Swap]) -> dict:
                "sgd_ratio": rms(s.predictions["bracket"]) / rms(s.sgd)}
         for name, p in s.predictions.items():
             row[f"{name}_cosine"] = cosine(s.real, p)
-            row[f"{name}_ratio"] = rms(p) / rms(s.real)
+            if name != "gradient":                    # a direction only: it has no size of its own
+                row[f"{name}_ratio"] = rms(p) / rms(s.real)
             row[f"{name}_attribute_rho"] = float(scipy.stats.spearmanr(per_attribute(s.real), per_attribute(p)).statistic)
         left = s.real - s.predictions["adam_frozen"]
         row["left_after_adam_ratio"] = rms(left) / rms(s.real)
@@ -339,4 +340,5 @@ def describe(table: dict) -> str:
 
 def _direction(c: float) -> str:
     return ("the same way" if c > 0.9 else "roughly the same way" if c > 0.5 else
-            "in a weakly related direction" if c > 0.2 else "in an unrelated direction")
+            "in a weakly related direction" if c > 0.2 else "in an unrelated direction" if c > -0.5 else
+            "largely the opposite way (a sign to check)")

@@ -18,8 +18,10 @@ P(black) = 0.5 and labelled by a coin (ambiguous and exclusive), and a fraction 
 glasses labelled by a coin (ambiguous, not exclusive). Every arm trains `profile.steps` Adam steps
 from each seed; its brackets are taken at the late checkpoints (steps ≥ half), among stratified
 bracket examples (lie_helpers.example_sets: ambiguous black/brown, faint glasses, unambiguous
-black/brown, other; each stratum's examples apart) and pushed onto one stratified batch, the same
-test images (by file name) in every arm, so that arms differ only in what they are meant to.
+black/brown, other; each stratum's examples apart) and pushed onto that set's stratified batch, the same
+test images (by file name) in every arm, so that arms differ only in what they are meant to. Beside the
+brackets, J·g — one gradient step of the same examples pushed onto the same batch — is stored for every arm:
+each contrast is also computed on it, the simplest competing explanation of a bracket finding.
 
 The currency is the Fisher-normalised change of each attribute's probability (hypothesis.
 attribute_perturbations, scale "fisher"), whatever outputs a loss uses. A run's profile over the 40
@@ -43,12 +45,12 @@ from tqdm.auto import tqdm
 
 from . import example_sets, run_folder, stats, storage
 from .analysis import analyse_checkpoint, fixed_inputs
-from .attributes import ATTRIBUTES
+from .attributes import ATTRIBUTES, HAIR_COLOURS
 from .celeba import load_profile_split, prepare_data
 from .config import Profile
 from .hypothesis import CORRELATED_CONTROLS, HAIR_PAIR, attribute_magnitudes, attribute_mask, attribute_perturbations
 from .baselines import gradient_pushforward
-from .losses import IndependentBCE, get_loss
+from .losses import gradient_share, get_loss
 from .train import load_checkpoint, train
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -134,33 +136,47 @@ def record_path(root: Path, step: int) -> Path:
     return root / "study_records" / f"{run_folder.step_name(step)}.safetensors"
 
 
+def record_key(profile: Profile, root: Path, step: int, sets) -> str:
+    """What a study record depends on: the run, the checkpoint's weights and the example sets."""
+    weights = run_folder.checkpoint_entry(root, step)["sha256"]["weights"]
+    return _digest({"run": profile.hash(), "weights": weights, "version": STUDY_VERSION,
+                    "sets": [(s.number, {k: v.tolist() for k, v in s.bracket.items()}, s.pushforward.tolist())
+                             for s in sets]})
+
+
+def first_order_path(root: Path, step: int) -> Path:
+    return root / "study_records" / f"{run_folder.step_name(step)}.first_order.safetensors"
+
+
 def analyse_study_run(profile: Profile, root: Path, sets, test) -> None:
-    """Store, at each late checkpoint, every set's and stratum's bracket pushforwards (and J·g for the
-    independent loss), unless a record made under the same key (run, data, examples, checkpoint) exists."""
+    """Store, at each late checkpoint, every set's and stratum's bracket pushforwards and, beside them, what one
+    gradient step predicts for the same examples and batch (J·g, any loss), unless records made under the
+    same key (run, checkpoint, examples) exist."""
     loss_fn = get_loss(profile.loss)
     for step in late_steps(profile):
-        weights = run_folder.checkpoint_entry(root, step)["sha256"]["weights"]
-        key = _digest({"run": profile.hash(), "weights": weights, "version": STUDY_VERSION,
-                       "sets": [(s.number, {k: v.tolist() for k, v in s.bracket.items()}, s.pushforward.tolist())
-                                for s in sets]})
-        path = record_path(root, step)
-        if path.exists() and storage.read_metadata(path).get("key") == key:
+        key = record_key(profile, root, step, sets)
+        paths = {"brackets": record_path(root, step), "first_order": first_order_path(root, step)}
+        todo = [k for k, path in paths.items() if not (path.exists() and storage.read_metadata(path).get("key") == key)]
+        if not todo:
             continue
         model = load_checkpoint(root, step, profile)
-        tensors = {}
+        tensors = {"brackets": {}, "first_order": {}}
         for s in sets:
             for stratum, examples in s.bracket.items():
                 inputs = fixed_inputs(dataclasses.replace(profile, bracket_examples=len(examples),
                                                           pushforward_batch=len(s.pushforward)),
                                       (test.images, test.attributes), example_indices=examples,
                                       batch_indices=s.pushforward)
-                record = analyse_checkpoint(model, loss_fn, *inputs)    # brackets only: no per-attribute baselines
                 name = f"{s.number}|{stratum}"       # strata names hold "/"
-                tensors[f"{name}|logit_perturbation"] = record["logit_perturbation"]
-                tensors[f"{s.number}|batch_logits"] = record["batch_logits"]
-                if isinstance(loss_fn, IndependentBCE):                 # J·g: what one gradient step predicts
-                    tensors[f"{name}|gradient_pushforward"] = gradient_pushforward(model, loss_fn, *inputs).per_example
-        storage.atomic_save_tensors(path, tensors, metadata={"key": key, "step": str(step)})
+                if "brackets" in todo:               # brackets only: no per-attribute baselines
+                    record = analyse_checkpoint(model, loss_fn, *inputs)
+                    tensors["brackets"][f"{name}|logit_perturbation"] = record["logit_perturbation"]
+                    tensors["brackets"][f"{s.number}|batch_logits"] = record["batch_logits"]
+                if "first_order" in todo:
+                    tensors["first_order"][f"{name}|gradient_pushforward"] = \
+                        gradient_pushforward(model, loss_fn, *inputs).per_example
+        for part in todo:
+            storage.atomic_save_tensors(paths[part], tensors[part], metadata={"key": key, "step": str(step)})
 
 
 def study_runs(P: Profile, shard=(0, 1)) -> list[tuple[Arm, int]]:
@@ -205,7 +221,7 @@ class RunProfile:
     seed: int
     by_stratum: dict         # stratum -> [40]
     pooled: np.ndarray       # [40]
-    first_order: np.ndarray | None   # the same for J·g (independent loss), pooled
+    first_order: np.ndarray   # the same for J·g of the same examples and batch, pooled
 
 
 def _relative(log_magnitude: torch.Tensor) -> np.ndarray:
@@ -213,17 +229,21 @@ def _relative(log_magnitude: torch.Tensor) -> np.ndarray:
     return m - np.median(m, axis=-1, keepdims=True)
 
 
-def run_profile(P: Profile, root, arm: Arm, seed: int, scale: str = SCALE) -> RunProfile:
-    """The run's profile (RunProfile) on `scale` (hypothesis.PERTURBATION_SCALES; Fisher is primary)."""
+def run_profile(P: Profile, root, arm: Arm, seed: int, sets, scale: str = SCALE) -> RunProfile:
+    """The run's profile (RunProfile) on `scale` (hypothesis.PERTURBATION_SCALES; Fisher is primary), from records
+    that verify under the current key (`sets`: that seed's example sets, study_sets)."""
     profile = arm_profile(P, arm, seed)
     root_k = run_dir(root, arm, seed)
-    per = {}
-    first = []
+    per, first = {}, []
     for step in late_steps(profile):
-        path = record_path(root_k, step)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run the study (`make study`, or study.train_and_analyse).")
-        record = storage.load_tensors(path)
+        key = record_key(profile, root_k, step, sets)
+        records = []
+        for path in (record_path(root_k, step), first_order_path(root_k, step)):
+            if not (path.exists() and storage.read_metadata(path).get("key") == key):
+                raise ValueError(f"{path} is missing or was made for other examples or weights: run the study "
+                                 "(`make study`, or study.train_and_analyse), which recomputes it.")
+            records.append(storage.load_tensors(path))
+        record, first_order = records
         for name, d_logits in record.items():
             if not name.endswith("|logit_perturbation"):
                 continue
@@ -231,17 +251,18 @@ def run_profile(P: Profile, root, arm: Arm, seed: int, scale: str = SCALE) -> Ru
             logits = record[f"{number}|batch_logits"][None]
             perturbation = attribute_perturbations(profile.loss, d_logits, logits, scale)
             per.setdefault(stratum, []).append(_relative(attribute_magnitudes(perturbation[None])[0].log10()))
-            if f"{number}|{stratum}|gradient_pushforward" in record:
-                jg = attribute_perturbations(profile.loss, record[f"{number}|{stratum}|gradient_pushforward"], logits, scale)
-                first.append(_relative(attribute_magnitudes(jg[None])[0].log10()))
+            jg = attribute_perturbations(profile.loss, first_order[f"{number}|{stratum}|gradient_pushforward"],
+                                         logits, scale)
+            first.append(_relative(attribute_magnitudes(jg[None])[0].log10()))
     by_stratum = {k: np.mean(v, axis=0) for k, v in per.items()}
-    return RunProfile(arm.name, seed, by_stratum, np.mean(list(by_stratum.values()), axis=0),
-                      np.mean(first, axis=0) if first else None)
+    return RunProfile(arm.name, seed, by_stratum, np.mean(list(by_stratum.values()), axis=0), np.mean(first, axis=0))
 
 
-def study_profiles(P: Profile, root, scale: str = SCALE) -> dict[str, list[RunProfile]]:
-    """Arm name -> its runs' profiles on `scale`, in seed order."""
-    return {arm.name: [run_profile(P, root, arm, seed, scale) for seed in arm.seeds] for arm in study_arms(P)}
+def study_profiles(P: Profile, root, scale: str = SCALE, sets=None) -> dict[str, list[RunProfile]]:
+    """Arm name -> its runs' profiles on `scale`, in seed order (`sets`: study_sets' first value, else drawn)."""
+    sets = sets if sets is not None else study_sets(P)[0]
+    return {arm.name: [run_profile(P, root, arm, seed, sets[seed], scale) for seed in arm.seeds]
+            for arm in study_arms(P)}
 
 
 def mean_of(profiles: list[RunProfile], names, stratum: str | None = None, first_order: bool = False) -> np.ndarray:
@@ -281,13 +302,44 @@ def detection_aurocs(profiles: list[RunProfile], eligible: np.ndarray, first_ord
     return stats.auroc(rows[:, eligible], positive[eligible])
 
 
-def test_contrasts(profiles: dict, eligible: np.ndarray) -> dict:
-    """The family C1–C5, paired by seed: mean, 95% t interval, exact sign-flip p and Holm-adjusted p."""
-    family = {name: (mean_of(profiles[a], names), mean_of(profiles[b], names))
-              for name, (a, b, names) in CONTRASTS.items()}
+def _paired(profiles: dict, a: str, b: str) -> None:
+    seeds_a, seeds_b = [p.seed for p in profiles[a]], [p.seed for p in profiles[b]]
+    if seeds_a != seeds_b:
+        raise ValueError(f"Arms {a!r} and {b!r} have other seeds ({seeds_a} and {seeds_b}): a paired test needs the same.")
+
+
+def contrast_table(profiles: dict, eligible: np.ndarray, first_order: bool = False) -> dict:
+    """The family C1–C5, paired by seed: mean, 95% t interval, exact sign-flip p and Holm-adjusted p.
+    first_order: C1–C4 on J·g of the same examples instead of brackets (C5 compares the two already)."""
+    missing = [a for a in MANIPULATED if not eligible[ATTRIBUTES.index(a)]]
+    if missing:
+        raise ValueError(f"The manipulated attribute(s) {missing} are not eligible (prevalence outside [1%, 99%]): "
+                         "the detection AUROC would silently leave them out.")
+    family = {}
+    for name, (a, b, names) in CONTRASTS.items():
+        _paired(profiles, a, b)
+        family[name] = (mean_of(profiles[a], names, first_order=first_order),
+                        mean_of(profiles[b], names, first_order=first_order))
     family[DETECTION] = (detection_aurocs(profiles["independent"], eligible),
                          detection_aurocs(profiles["independent"], eligible, first_order=True))
     return stats.contrasts(family)
+
+
+def hair_gradient_shares(P: Profile, root, arm: Arm, sets, test) -> np.ndarray:
+    """[seeds]: the hair outputs' share of the logit gradient (losses.gradient_share) on the runs' pushforward
+    batches at the late checkpoints: how well (b)'s hair weight matches (a)'s in the regime the brackets see."""
+    shares = []
+    for seed in arm.seeds:
+        profile = arm_profile(P, arm, seed)
+        loss_fn = get_loss(profile.loss)
+        values = []
+        for step in late_steps(profile):
+            record = storage.load_tensors(record_path(run_dir(root, arm, seed), step))
+            for s in sets[seed]:
+                targets = test.attributes[torch.as_tensor(s.pushforward)]
+                values.append(gradient_share(loss_fn, record[f"{s.number}|batch_logits"], targets, HAIR_COLOURS))
+        shares.append(np.mean(values))
+    return np.array(shares)
 
 
 def detection_null(profiles: list[RunProfile], eligible: np.ndarray, first_order: bool = False) -> dict:
@@ -315,43 +367,61 @@ def _numbers(row) -> str:
     return f"{row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}], Holm p {row['p_holm']:.3f}"
 
 
-def verdict(table: dict, n_seeds: int) -> list[str]:
-    """Sentences generated from the contrasts (test_contrasts): what the study supports and what it does not."""
-    c1, c2, c3, c4 = (table[name] for name in CONTRASTS)
+def _first_order_clause(bracket_row, first_row) -> str:
+    """Whether J·g of the same examples shows the same: then the finding is not one of brackets."""
+    same = _significant(first_row)
+    if same and same == _significant(bracket_row):
+        return f"; J·g of the same examples shows it too ({_numbers(first_row)}): a first-order effect, not one of brackets"
+    if _significant(bracket_row):
+        return f"; J·g of the same examples does not ({_numbers(first_row)})"
+    return f"; J·g: {_numbers(first_row)}"
+
+
+def verdict(table: dict, first_order: dict, n_seeds: int, posterior: dict | None = None) -> list[str]:
+    """Sentences generated from the contrasts (contrast_table, on brackets and on J·g): what the study supports
+    and what it does not. posterior: {"hair": mean p(black) on the hair band, "glasses": …} of arm (a)."""
+    names = list(CONTRASTS)
+    c1, c2, c3, c4 = (table[n] for n in names)
+    f1, f2, f3, f4 = (first_order[n] for n in names)
     c5 = table[DETECTION]
+    power = f"at this power ({n_seeds} seeds, Holm over five contrasts)"
     lines = []
-    sig = {k: _significant(r) for k, r in zip(("c1", "c2", "c3", "c4", "c5"), (c1, c2, c3, c4, c5))}
-    if sig["c1"] > 0:
-        lines.append(f"Brackets flag the mis-specified loss: the positive control (c) raises the makeup and lipstick "
-                     f"outputs' share ({_numbers(c1)}, log10).")
+    if posterior is not None:
+        far = {k: v for k, v in posterior.items() if abs(v - 0.5) > 0.15}
+        lines.append("The model reaches the bands' posterior (mean prediction within 0.15 of 0.5 on both bands)."
+                     if not far else
+                     f"The model does not reach the posterior 0.5 on the {' and '.join(far)} band(s) (mean prediction "
+                     + ", ".join(f"{v:.2f}" for v in far.values()) + "): there the band tests less than it is meant to.")
+    if _significant(c1) > 0:
+        lines.append(f"Brackets flag the mis-specified loss: (c) raises the makeup and lipstick outputs' share "
+                     f"({_numbers(c1)}, log10){_first_order_clause(c1, f1)}.")
     else:
-        lines.append(f"Brackets do not flag the mis-specified positive control (c) at this power ({_numbers(c1)}, "
-                     f"log10): a diagnostic that misses a loss built not to fit the data cannot support the "
-                     "write-up's reading, and a null result below says little.")
-    ambiguity = {(1, 1): "track ambiguity itself: the noise band raises both the exclusive hair pair's share and the "
-                         "non-exclusive Eyeglasses output's",
-                 (1, 0): "track ambiguity only where the attributes are exclusive: the hair band raises the hair pair's "
-                         "share, the glasses band does not raise Eyeglasses'",
-                 (0, 1): "track ambiguity without needing exclusivity: the glasses band raises Eyeglasses' share, the "
-                         "hair band does not raise the hair pair's",
-                 (0, 0): "do not track the label-noise bands: neither the hair pair's nor Eyeglasses' share rises "
-                         "detectably"}
-    key = (max(sig["c2"], 0), max(sig["c3"], 0))
-    lines.append(f"Brackets {ambiguity[key]} (hair {_numbers(c2)}; glasses {_numbers(c3)}).")
-    if sig["c2"] < 0 or sig["c3"] < 0:
-        lines.append("A band *lowers* a share significantly, the opposite of what the hypothesis needs.")
+        lines.append(f"Brackets do not flag the mis-specified positive control (c) {power} ({_numbers(c1)}, log10)"
+                     f"{_first_order_clause(c1, f1)}. A diagnostic that does not light up for a loss built not to "
+                     "fit the data cannot carry the write-up's reading, and a null result below says little.")
+    for row, first, what in ((c2, f2, "the hair band raises the Black & Brown hair share"),
+                             (c3, f3, "the faint-glasses band raises the Eyeglasses share")):
+        sign = _significant(row)
+        told = (what if sign > 0 else what.replace("raises", "lowers") if sign < 0
+                else f"no detectable change {power} where {what.split(' raises')[0]} would raise the share")
+        lines.append(f"Ambiguity: {told} ({_numbers(row)}){_first_order_clause(row, first)}.")
+    lines.append("The two bands differ in dose (the hair band takes a fraction of black/brown faces, the glasses band "
+                 "of all faces), so the two ambiguity contrasts are read each on its own, not against each other.")
     exclusivity = {1: "The exclusivity-aware loss (b, weight matched) lowers the hair pair's share, as the write-up's "
                       "hypothesis predicts",
-                   0: "The exclusivity-aware loss (b, weight matched) does not change the hair pair's share "
-                      "detectably: no support for the hypothesis that the independent loss's treatment of exclusive "
-                      "attributes is what the brackets show",
+                   0: f"The exclusivity-aware loss (b, weight matched) changes the hair pair's share by no detectable "
+                      f"amount {power}: no support for the write-up's hypothesis from this test",
                    -1: "The exclusivity-aware loss (b, weight matched) raises the hair pair's share: against the "
                        "write-up's hypothesis"}
-    lines.append(f"{exclusivity[sig['c4']]} ({_numbers(c4)}).")
-    first_order = {1: "Brackets detect the manipulated attributes better than the first-order prediction J·g",
-                   0: "Brackets detect the manipulated attributes no better than the first-order prediction J·g",
-                   -1: "The first-order prediction J·g detects the manipulated attributes better than brackets do"}
-    lines.append(f"{first_order[sig['c5']]} (AUROC difference {_numbers(c5)}).")
+    lines.append(f"{exclusivity[_significant(c4)]} ({_numbers(c4)}){_first_order_clause(c4, f4)}.")
+    if c5["low"] == c5["high"]:
+        lines.append("Brackets and J·g detect the manipulated attributes equally in every seed (the AUROC difference "
+                     "is the same everywhere): the comparison is at its ceiling or floor and decides nothing.")
+    else:
+        detection = {1: "Brackets detect the manipulated attributes better than J·g",
+                     0: f"Brackets detect the manipulated attributes no better than J·g, {power}",
+                     -1: "J·g detects the manipulated attributes better than brackets do"}
+        lines.append(f"{detection[_significant(c5)]} (AUROC difference {_numbers(c5)}).")
     lines.append(f"Each test is an exact sign-flip test over {n_seeds} seeds, Holm-corrected over the five contrasts; "
                  "the intervals are 95% t intervals over seeds (their coverage is tested in tests/test_stats.py).")
     return lines
@@ -383,19 +453,26 @@ def plot_arm_profiles(profiles: dict, arms=MAIN_ARMS, attributes=KEY_ATTRIBUTES)
     return fig
 
 
-def plot_contrasts(table: dict):
-    """The pre-registered contrasts: mean and 95% t interval over seeds, Holm p beside each.
-    C1–C4 are log10 differences; C5 a difference of AUROCs, on its own axis (reference 0 for both)."""
+def plot_contrasts(table: dict, first_order: dict | None = None):
+    """The pre-registered contrasts: mean and 95% t interval over seeds, Holm p beside each (red: < 0.05);
+    hollow, below: the same contrast on J·g of the same examples. C1–C4 are log10 differences; C5 a
+    difference of AUROCs, on its own axis (reference 0 for both)."""
     import matplotlib.pyplot as plt
     names = list(table)
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [3, 1.4]})
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 1.4]})
     for ax, rows in ((ax_l, names[:-1]), (ax_a, names[-1:])):
         for y, name in enumerate(rows):
-            r = table[name]
-            ax.errorbar(r["mean"], y, xerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], fmt="o", capsize=4,
-                        color="C3" if r["p_holm"] < 0.05 else "0.3")
-            ax.annotate(f"Holm p {r['p_holm']:.3f}", (r["high"], y), xytext=(6, 0), textcoords="offset points",
-                        va="center", fontsize=8)
+            sources = [(table, 0.0, "o", "brackets")]
+            if first_order is not None and name in CONTRASTS:
+                sources.append((first_order, 0.25, "s", "J·g"))
+            for source, dy, marker, label in sources:
+                r = source[name]
+                colour = "C3" if r["p_holm"] < 0.05 else "0.3"
+                ax.errorbar(r["mean"], y + dy, xerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], fmt=marker,
+                            capsize=3, color=colour, mfc="none" if label == "J·g" else colour,
+                            label=label if y == 0 and ax is ax_l else None)
+                ax.annotate(f"Holm p {r['p_holm']:.3f}", (r["high"], y + dy), xytext=(6, 0), textcoords="offset points",
+                            va="center", fontsize=7)
         ax.axvline(0, color="0.3", lw=0.8)
         ax.set_yticks(range(len(rows)), [n.split(": ", 1)[1] if ": " in n else n for n in rows], fontsize=8)
         ax.set_ylim(len(rows) - 0.5, -0.5)
@@ -403,6 +480,8 @@ def plot_contrasts(table: dict):
     ax_a.set_title("C5 (difference of AUROCs)", fontsize=10)
     ax_l.set_xlabel("mean over seeds, 95% t interval (red: Holm p < 0.05)")
     ax_a.set_xlabel("brackets − J·g")
+    if first_order is not None:
+        ax_l.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 

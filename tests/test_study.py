@@ -75,16 +75,32 @@ def test_profiles_pool_the_strata_and_the_contrasts_follow(tiny):
             assert p.pooled.shape == (40,) and np.isfinite(p.pooled).all()
             assert set(p.by_stratum) == set(study.BRACKET_STRATA)
             np.testing.assert_allclose(p.pooled, np.mean(list(p.by_stratum.values()), axis=0))
-            assert (p.first_order is not None) == (arm.loss == "independent")
-    table = study.test_contrasts(profiles, np.ones(40, bool))
+            assert p.first_order.shape == (40,) and np.isfinite(p.first_order).all()     # J·g for every loss
+    table = study.contrast_table(profiles, np.ones(40, bool))
     assert list(table) == [*study.CONTRASTS, study.DETECTION]
     assert all(0 < r["p"] <= r["p_holm"] <= 1 and r["low"] <= r["mean"] <= r["high"] for r in table.values())
-    lines = study.verdict(table, len(P.seeds))
-    assert len(lines) >= 5 and "2 seeds" in lines[-1]
+    first = study.contrast_table(profiles, np.ones(40, bool), first_order=True)
+    lines = study.verdict(table, first, len(P.seeds), {"hair": 0.5, "glasses": 0.2})
+    assert "does not reach the posterior 0.5 on the glasses band" in lines[0] and "2 seeds" in lines[-1]
 
 
-def fake_profiles(shift: dict, n_seeds: int = 8, seed: int = 0):
-    """RunProfiles with noise, plus `shift` (arm -> {attribute: log10 added})."""
+def test_a_record_made_for_other_examples_is_refused(tiny):
+    P, root, arms, _ = tiny
+    sets, _ = study.study_sets(P)
+    other = sets[1]                                                    # seed 1's sets given for seed 0's run
+    with pytest.raises(ValueError, match="other examples or weights"):
+        study.run_profile(P, root, arms[0], 0, other)
+
+
+def test_unpaired_seeds_are_refused():
+    profiles = fake_profiles({})
+    profiles["independent, no bands"] = profiles["independent, no bands"][::-1]
+    with pytest.raises(ValueError, match="other seeds"):
+        study.contrast_table(profiles, np.ones(40, bool))
+
+
+def fake_profiles(shift: dict, n_seeds: int = 8, seed: int = 0, first_order: float = 0.5):
+    """RunProfiles with noise, plus `shift` (arm -> {attribute: log10 added}); J·g is `first_order` × brackets."""
     rng = np.random.default_rng(seed)
     out = {}
     for arm in NEEDED:
@@ -93,29 +109,40 @@ def fake_profiles(shift: dict, n_seeds: int = 8, seed: int = 0):
             pooled = rng.normal(0, 0.05, 40)
             for name, value in shift.get(arm, {}).items():
                 pooled[ATTRIBUTES.index(name)] += value
-            rows.append(study.RunProfile(arm, k, {"other": pooled}, pooled, pooled * 0.5))
+            rows.append(study.RunProfile(arm, k, {"other": pooled}, pooled, first_order * pooled))
         out[arm] = rows
     return out
 
 
 def test_a_planted_positive_control_is_flagged_and_nothing_else():
     planted = {"exclusive makeup": {"Heavy_Makeup": 1.0, "Wearing_Lipstick": 1.0}}
-    table = study.test_contrasts(fake_profiles(planted), np.ones(40, bool))
+    profiles = fake_profiles(planted, first_order=0.0)             # J·g shows nothing
+    table = study.contrast_table(profiles, np.ones(40, bool))
     c1, *others = table.values()
     assert c1["mean"] == pytest.approx(1.0, abs=0.1) and c1["p_holm"] < 0.05
     assert all(r["p_holm"] > 0.05 for r in others[:3])
-    lines = study.verdict(table, 8)
-    assert lines[0].startswith("Brackets flag the mis-specified loss")
-    assert "do not track" in lines[1]
+    lines = study.verdict(table, study.contrast_table(profiles, np.ones(40, bool), first_order=True), 8)
+    assert lines[0].startswith("Brackets flag the mis-specified loss") and "J·g of the same examples does not" in lines[0]
+    assert "no detectable change at this power" in lines[1]
+
+
+def test_a_finding_that_one_gradient_step_shows_too_is_called_first_order():
+    planted = {"exclusive makeup": {"Heavy_Makeup": 1.0, "Wearing_Lipstick": 1.0}}
+    profiles = fake_profiles(planted, first_order=1.0)             # J·g moves exactly like the brackets
+    table = study.contrast_table(profiles, np.ones(40, bool))
+    lines = study.verdict(table, study.contrast_table(profiles, np.ones(40, bool), first_order=True), 8)
+    assert "a first-order effect, not one of brackets" in lines[0]
 
 
 def test_the_verdict_reads_ambiguity_and_exclusivity_from_the_contrasts():
     planted = {"independent": {"Black_Hair": 0.8, "Brown_Hair": 0.8, "Eyeglasses": 0.8}}
-    table = study.test_contrasts(fake_profiles(planted, seed=1), np.ones(40, bool))
-    lines = study.verdict(table, 8)
-    assert "track ambiguity itself" in lines[1]
-    assert "lowers the hair pair's share" in lines[2]           # (a) − (b) > 0 on hair
+    profiles = fake_profiles(planted, seed=1, first_order=0.0)
+    table = study.contrast_table(profiles, np.ones(40, bool))
+    lines = study.verdict(table, study.contrast_table(profiles, np.ones(40, bool), first_order=True), 8)
     assert lines[0].startswith("Brackets do not flag")
+    assert "the hair band raises the Black & Brown hair share" in lines[1]
+    assert "the faint-glasses band raises the Eyeglasses share" in lines[2]
+    assert "lowers the hair pair's share" in lines[4]             # (a) − (b) > 0 on hair
 
 
 def test_detection_auroc_is_stats_auroc_over_the_eligible_attributes():
