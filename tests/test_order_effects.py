@@ -10,18 +10,13 @@ from lie_helpers import run_folder, storage
 from lie_helpers import train as T
 from lie_helpers.brackets import lie_bracket, pushforward
 from lie_helpers.config import get_profile, swap_steps
+from test_train import random_data     # the same random images and attributes as the training tests
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 48 training images, batches of 8: six batches an epoch; checkpoints every 2 steps, swaps measured at 4.
 PROFILE = get_profile("ci", image_size=16, width=0.125, steps=8, batch_size=8, checkpoint_every=2,
                       eval_images=8, swap_checkpoints=1)
-
-
-def random_data(n, seed, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-            torch.randint(0, 2, (n, 40), generator=g))
 
 
 TRAIN, VALID = random_data(48, 0), random_data(8, 1)
