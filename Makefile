@@ -50,7 +50,7 @@ test: setup
 	$(PY) -m pytest tests/ || [ $$? -eq 5 ]
 	$(PY) -m lie_helpers.chain --profile ci --no-progress-bar
 	$(PY) -m lie_helpers.chain --profile default --run-dir $(CHECK_RUN) --no-progress-bar
-	$(PY) -m lie_helpers.results $(CHECK_RUN)
+	$(PY) -m lie_helpers.training.results $(CHECK_RUN)
 
 # The decisive test (notebook 04, profile `study`): two processes share the runs on two cores (each
 # resumes, so an interrupted study continues), then the chain executes notebook 04 over the finished runs
@@ -61,14 +61,14 @@ study: setup
 		OMP_NUM_THREADS=1 $(PY) -m lie_helpers.study --profile study --shard $$k/$(JOBS) & pids="$$pids $$!"; \
 	done; status=0; for p in $$pids; do wait $$p || status=1; done; exit $$status
 	$(PY) -m lie_helpers.chain --profile study $(ARGS)
-	$(PY) -m lie_helpers.results runs/study --checks tests/study_checks.toml
+	$(PY) -m lie_helpers.training.results runs/study --checks tests/study_checks.toml
 
 bench: setup
 	$(PY) benchmarks/bench_brackets.py
 	$(PY) benchmarks/train_throughput.py
 
 gpu-check: setup
-	$(PY) -m lie_helpers.gpu_check --out runs/gpu-check
+	$(PY) -m lie_helpers.pipeline.gpu_check --out runs/gpu-check
 
 clean-runs:
 	rm -rf runs/
@@ -76,4 +76,4 @@ clean-runs:
 # Standard library only (run as a script, not -m): needs no .venv.
 publish-links:
 	@[ -n "$(REPO)" ] || { echo "Give the repository's GitHub address: make publish-links REPO=owner/name" >&2; exit 2; }
-	$(PYTHON) lie_helpers/publish.py $(REPO)
+	$(PYTHON) lie_helpers/pipeline/publish.py $(REPO)

@@ -1,4 +1,4 @@
-"""Benchmark: the first-order baselines of one checkpoint (lie_helpers.baselines) against its bracket analysis.
+"""Benchmark: the first-order baselines of one checkpoint (lie_helpers.analysis.baselines) against its bracket analysis.
 
 The budget (issue 10): the baselines cost no more than the bracket analysis itself. Both run on
 the default profile's model (random weights, BatchNorm statistics warmed up) with random
@@ -19,12 +19,12 @@ import time
 
 import torch
 
-from lie_helpers import baselines
-from lie_helpers.analysis import analyse_checkpoint
-from lie_helpers.brackets import bracket_matrix
-from lie_helpers.config import get_profile
-from lie_helpers.losses import get_loss
-from lie_helpers.train import build_model
+from lie_helpers.analysis import baselines
+from lie_helpers.analysis.records import analyse_checkpoint
+from lie_helpers.engine.brackets import bracket_matrix
+from lie_helpers.training.config import get_profile
+from lie_helpers.training.losses import get_loss
+from lie_helpers.training.train import build_model
 
 
 def timed(fns: dict, repeats: int) -> dict:

@@ -14,8 +14,8 @@ import argparse
 import torch
 
 import lie_helpers as lh
-from lie_helpers.bench import benchmark_model, random_examples, time_bracket_methods
-from lie_helpers.losses import get_loss
+from lie_helpers.pipeline.bench import benchmark_model, random_examples, time_bracket_methods
+from lie_helpers.training.losses import get_loss
 
 
 def main(argv=None) -> dict:

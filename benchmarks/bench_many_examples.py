@@ -26,10 +26,10 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 from lie_helpers import BracketMatrix, bracket_matrix, lie_bracket, rms_per_tensor
-from lie_helpers.bench import benchmark_model, peak_memory, random_examples, synchronize
-from lie_helpers.brackets import PAIRS_PER_CALL, pair_chunks
-from lie_helpers.config import get_profile
-from lie_helpers.losses import get_loss
+from lie_helpers.pipeline.bench import benchmark_model, peak_memory, random_examples, synchronize
+from lie_helpers.engine.brackets import PAIRS_PER_CALL, pair_chunks
+from lie_helpers.training.config import get_profile
+from lie_helpers.training.losses import get_loss
 
 
 def rms_vector(field):

@@ -1,9 +1,9 @@
 """Benchmark: training throughput (images/s) of a profile, by how the batches are fed.
 
-  (a) cached   the training loop of lie_helpers.train: uint8 tensors in memory (the data
+  (a) cached   the training loop of lie_helpers.training.train: uint8 tensors in memory (the data
                module's decoded cache), indexed per batch, normalised, moved to the device;
   (b) jpeg     the same steps fed by a torch DataLoader over torchvision's CelebA dataset
-               (lie_helpers.celeba.CelebAFolder), decoding and resizing JPEGs every batch;
+               (lie_helpers.data.celeba.CelebAFolder), decoding and resizing JPEGs every batch;
   (c) tensor   the same steps on one float batch already on the device: the compute alone.
 
 All three run `train_step` (forward, backward, Adam) on the profile's model and batch size.
@@ -24,9 +24,9 @@ import time
 
 import torch
 
-from lie_helpers.config import get_profile
-from lie_helpers.losses import get_loss
-from lie_helpers.train import build_model, epoch_order, make_optimizer, prepare_inputs, train_step
+from lie_helpers.training.config import get_profile
+from lie_helpers.training.losses import get_loss
+from lie_helpers.training.train import build_model, epoch_order, make_optimizer, prepare_inputs, train_step
 
 WARMUP = 3  # untimed steps first for each feed: allocator, kernel selection, DataLoader start
 
@@ -48,7 +48,7 @@ def step_times(batches, profile, device):
 
 
 def cached_batches(images, targets, profile):
-    """The batches of lie_helpers.train: per-epoch order from (seed, epoch), drop the last partial batch."""
+    """The batches of lie_helpers.training.train: per-epoch order from (seed, epoch), drop the last partial batch."""
     per_epoch, step = len(images) // profile.batch_size, 0
     while True:
         epoch, position = divmod(step, per_epoch)
@@ -63,7 +63,7 @@ def jpeg_batches(root, profile, workers: int):
     """Batches decoded from the JPEG files by a DataLoader (center crop 178, antialiased resize)."""
     from torchvision import transforms
 
-    from lie_helpers.celeba import CelebAFolder, profile_verify_checksums
+    from lie_helpers.data.celeba import CelebAFolder, profile_verify_checksums
 
     transform = transforms.Compose([transforms.CenterCrop(178),
                                     transforms.Resize((profile.image_size, profile.image_size), antialias=True),
@@ -100,7 +100,7 @@ def main(argv=None) -> list[dict]:
     overrides = {"data_root": args.data_root} if args.data_root else {}
     profile = get_profile(args.profile, **overrides)
     if args.data_root:
-        from lie_helpers.celeba import load_profile_split, prepare_data
+        from lie_helpers.data.celeba import load_profile_split, prepare_data
 
         root = prepare_data(profile)
         split = load_profile_split(profile, "train")

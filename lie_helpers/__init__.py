@@ -11,7 +11,12 @@ and cache), `generated_celeba` (CelebA-format data drawn offline), `mxresnet` (m
 """
 __version__ = "0.1.0"
 
-from .brackets import (
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent   # defined before the imports below: the sub-packages read them
+REPO_DIR = PACKAGE_DIR.parent
+
+from .engine.brackets import (
     BracketMatrix,
     bracket_matrix,
     gradient,
@@ -22,7 +27,7 @@ from .brackets import (
     rms_per_tensor,
     swap_difference,
 )
-from .config import get_profile
+from .training.config import get_profile
 
 __all__ = ["BracketMatrix", "bracket_matrix", "gradient", "hvp", "lie_bracket", "pushforward",
            "relative_error", "rms_per_tensor", "swap_difference", "get_profile"]

@@ -3,10 +3,11 @@ import pytest
 import torch
 
 import lie_helpers as lh
-from lie_helpers import analysis, baselines, storage
-from lie_helpers.config import get_profile, run_paths
-from lie_helpers.losses import get_loss
-from lie_helpers.train import load_checkpoint, train
+from lie_helpers.analysis import records as analysis, baselines
+from lie_helpers.training import storage
+from lie_helpers.training.config import get_profile, run_paths
+from lie_helpers.training.losses import get_loss
+from lie_helpers.training.train import load_checkpoint, train
 
 
 def random_split(n, size, seed):
@@ -133,9 +134,9 @@ def test_explicit_example_and_batch_indices_pick_those_test_images(trained):
     explicit = analysis.fixed_inputs(profile, test, example_indices=[0, 1, 2], batch_indices=range(5))
     assert all(torch.equal(a, b) for a, b in zip(first, explicit))          # the default is the first images
     examples, targets, batch = analysis.fixed_inputs(profile, test, example_indices=[7, 2, 4], batch_indices=[6, 0, 3, 5, 1])
-    torch.testing.assert_close(examples, lh.train.prepare_inputs(images[[7, 2, 4]]))
+    torch.testing.assert_close(examples, lh.training.train.prepare_inputs(images[[7, 2, 4]]))
     assert torch.equal(targets, attributes[[7, 2, 4]].float())
-    torch.testing.assert_close(batch, lh.train.prepare_inputs(images[[6, 0, 3, 5, 1]]))
+    torch.testing.assert_close(batch, lh.training.train.prepare_inputs(images[[6, 0, 3, 5, 1]]))
     inputs = analysis.record_inputs(profile, test, "cpu", batch_indices=[6, 0, 3, 5, 1])
     assert torch.equal(inputs.batch_targets, attributes[[6, 0, 3, 5, 1]].float())
     assert torch.equal(inputs.examples, first[0])                            # examples stay the first ones

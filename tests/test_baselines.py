@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lie_helpers import baselines
-from lie_helpers.brackets import BracketMatrix
-from lie_helpers.losses import CategoricalHair, IndependentBCE
+from lie_helpers.analysis import baselines
+from lie_helpers.engine.brackets import BracketMatrix
+from lie_helpers.training.losses import CategoricalHair, IndependentBCE
 
 DTYPE = torch.float64
 N_OUT = 3
@@ -240,8 +240,8 @@ def test_bootstrap_interval_over_pairs_covers_the_true_slope():
 
 def synthetic_records(planted: float, seed: int = 0, n_steps: int = 4, outputs: int = 12):
     """Records whose bracket magnitude per output is J·g's times noise, and `planted`× more for output 0."""
-    from lie_helpers.analysis import RunBrackets
-    from lie_helpers.summaries import paired_gradient_rms
+    from lie_helpers.analysis.records import RunBrackets
+    from lie_helpers.analysis.summaries import paired_gradient_rms
     g = torch.Generator().manual_seed(seed)
     pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
     scale = torch.exp(torch.randn(outputs, generator=g))
@@ -271,7 +271,7 @@ def test_a_planted_bracket_excess_is_told_from_a_gradient_finding():
     assert np.all(planted.residual_rank[:, 0] == 1) and np.all(planted.bracket_rank[:, 0] == 1)
     assert "a bracket finding: it stands out beyond what J·g predicts" in baselines.describe_first_order(planted, names)
     # The rank agreement is scipy's Spearman on the same magnitudes.
-    from lie_helpers.summaries import attribute_magnitude
+    from lie_helpers.analysis.summaries import attribute_magnitude
     records = synthetic_records(1.0)
     expected = scipy.stats.spearmanr(attribute_magnitude(records.logit_perturbation)[1],
                                      attribute_magnitude(records.gradient_pushforward)[1]).statistic
@@ -347,7 +347,7 @@ def test_records_without_baselines_are_refused():
 def test_the_first_order_figure_draws_every_baseline():
     import matplotlib
     matplotlib.use("Agg")
-    from lie_helpers import bracket_figures
+    from lie_helpers.figures import bracket_figures
     records, names = synthetic_records(1.0), [f"a{k}" for k in range(12)]
     comparison = baselines.compare_with_first_order(records, names, ("a0", "a1"))
     fig = bracket_figures.plot_first_order(comparison, baselines.rms_law_with_null(records, [0, 1]))

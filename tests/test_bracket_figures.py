@@ -6,8 +6,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lie_helpers import bracket_figures, summaries  # noqa: E402
-from lie_helpers.attributes import ATTRIBUTES  # noqa: E402
+from lie_helpers.figures import bracket_figures
+from lie_helpers.analysis import summaries  # noqa: E402
+from lie_helpers.data.attributes import ATTRIBUTES  # noqa: E402
 from test_summaries import HAIR, STEPS, synthetic_records  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lie_helpers as lh
-from lie_helpers.brackets import bracket_mode
+from lie_helpers.engine.brackets import bracket_mode
 
 DTYPE = torch.float64
 
@@ -40,7 +40,7 @@ def example(inputs, targets, i):
     return inputs[i:i + 1], targets[i:i + 1]
 
 
-norm, rel_err = lh.brackets.field_norm, lh.relative_error
+norm, rel_err = lh.engine.brackets.field_norm, lh.relative_error
 
 
 def snapshot(model):
@@ -58,7 +58,7 @@ def assert_unchanged(model, snap):
 def test_hvp_matches_central_differences_of_gradients(bn_mode):
     model, (x, y) = conv_net(), data()
     ex = example(x, y, 0)
-    params = lh.brackets.parameters_of(model)
+    params = lh.engine.brackets.parameters_of(model)
     torch.manual_seed(3)
     v = {k: torch.randn_like(p) for k, p in params.items()}
     h = 1e-5
@@ -101,11 +101,11 @@ def test_bracket_matrix_equals_pairwise_double_backward(bn_mode, method):
 def test_auto_method_takes_rows_for_large_models_on_the_cpu(monkeypatch):
     model, (x, y) = conv_net(), data(n=3)
     calls = []
-    monkeypatch.setattr(lh.brackets, "brackets_by_rows",
-                        lambda *a, _real=lh.brackets.brackets_by_rows: calls.append(1) or _real(*a))
+    monkeypatch.setattr(lh.engine.brackets, "brackets_by_rows",
+                        lambda *a, _real=lh.engine.brackets.brackets_by_rows: calls.append(1) or _real(*a))
     lh.bracket_matrix(model, loss_fn, x, y)
     assert not calls
-    monkeypatch.setattr(lh.brackets, "ROWS_ABOVE_PARAMETERS_ON_CPU", 10)
+    monkeypatch.setattr(lh.engine.brackets, "ROWS_ABOVE_PARAMETERS_ON_CPU", 10)
     lh.bracket_matrix(model, loss_fn, x, y)
     assert calls
 
@@ -124,12 +124,12 @@ def test_the_default_cap_bounds_each_vmapped_call_and_changes_no_bracket(monkeyp
     model, (x, y) = conv_net(), data(n=9)
     calls = []
 
-    def counting(loss_at, bn_mode, _real=lh.brackets.hessian_vector_products):
+    def counting(loss_at, bn_mode, _real=lh.engine.brackets.hessian_vector_products):
         products = _real(loss_at, bn_mode)
         return lambda params, inputs, *rest: calls.append(inputs.shape[0]) or products(params, inputs, *rest)
-    monkeypatch.setattr(lh.brackets, "hessian_vector_products", counting)
+    monkeypatch.setattr(lh.engine.brackets, "hessian_vector_products", counting)
     capped = lh.bracket_matrix(model, loss_fn, x, y, method="vmap")
-    assert lh.brackets.PAIRS_PER_CALL == 32 and calls == [64, 8]
+    assert lh.engine.brackets.PAIRS_PER_CALL == 32 and calls == [64, 8]
     calls.clear()
     uncapped = lh.bracket_matrix(model, loss_fn, x, y, method="vmap", pairs_per_call=36)
     assert calls == [72]
@@ -139,18 +139,18 @@ def test_the_default_cap_bounds_each_vmapped_call_and_changes_no_bracket(monkeyp
 
 def test_pair_chunks_cover_the_pairs_in_order():
     pairs = lh.BracketMatrix(64).pairs
-    chunks = lh.brackets.pair_chunks(pairs, lh.brackets.PAIRS_PER_CALL)
+    chunks = lh.engine.brackets.pair_chunks(pairs, lh.engine.brackets.PAIRS_PER_CALL)
     assert len(chunks) == 63 and all(len(c) == 32 for c in chunks)
     assert sum(chunks, []) == pairs
-    assert [len(c) for c in lh.brackets.pair_chunks(lh.BracketMatrix(4).pairs, 4)] == [4, 2]
+    assert [len(c) for c in lh.engine.brackets.pair_chunks(lh.BracketMatrix(4).pairs, 4)] == [4, 2]
 
 
 @pytest.mark.parametrize("method", ["vmap", "rows"])
 def test_a_share_of_whole_chunks_gives_the_bits_of_the_whole_matrix(method):
-    """What one process of several computes (lie_helpers.distributed): the same bits, only its pairs."""
+    """What one process of several computes (lie_helpers.pipeline.distributed): the same bits, only its pairs."""
     model, (x, y) = conv_net(), data(n=4)
     whole = lh.bracket_matrix(model, loss_fn, x, y, method=method, pairs_per_call=2)
-    chunks = lh.brackets.pair_chunks(whole.pairs, 2)
+    chunks = lh.engine.brackets.pair_chunks(whole.pairs, 2)
     share = chunks[0] + chunks[2]
     part = lh.bracket_matrix(model, loss_fn, x, y, method=method, pairs_per_call=2, pairs=share)
     assert list(part.brackets) == share
@@ -184,8 +184,8 @@ def test_bracket_matrix_reduces_on_the_fly(method):
         assert logits.shape == (5, 3)
         # The pushforward is the derivative of the outputs along the bracket.
         h = 1e-6
-        moved = {k: p + h * bracket[k] for k, p in lh.brackets.parameters_of(model).items()}
-        back = {k: p - h * bracket[k] for k, p in lh.brackets.parameters_of(model).items()}
+        moved = {k: p + h * bracket[k] for k, p in lh.engine.brackets.parameters_of(model).items()}
+        back = {k: p - h * bracket[k] for k, p in lh.engine.brackets.parameters_of(model).items()}
         with torch.no_grad():
             fd = (torch.func.functional_call(model, moved, (batch,))
                   - torch.func.functional_call(model, back, (batch,))) / (2 * h)

@@ -14,9 +14,9 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import CelebA
 
-from lie_helpers import celeba, generated_celeba
-from lie_helpers.attributes import ATTRIBUTES, HAIR_COLOURS, TEXT_FILES
-from lie_helpers.config import get_profile
+from lie_helpers.data import celeba, generated_celeba
+from lie_helpers.data.attributes import ATTRIBUTES, HAIR_COLOURS, TEXT_FILES
+from lie_helpers.training.config import get_profile
 
 N = 60
 IDX = {a: i for i, a in enumerate(ATTRIBUTES)}

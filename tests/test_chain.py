@@ -14,9 +14,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lie_helpers import chain
-from lie_helpers.chain import ChainError, main, run_chain
-from lie_helpers.config import run_folder_name
+from lie_helpers.pipeline import chain
+from lie_helpers.pipeline.chain import ChainError, main, run_chain
+from lie_helpers.training.config import run_folder_name
 
 PARAMETERS = 'profile = "default"\noverrides = {}\nrun_dir = None'
 
@@ -34,7 +34,7 @@ def write_notebook(path: Path, log: Path, body: str = "", figure: str | None = N
              nbformat.v4.new_code_cell(record)]
     if figure:
         cells.append(nbformat.v4.new_code_cell(
-            "from lie_helpers.config import get_profile, run_paths\n"
+            "from lie_helpers.training.config import get_profile, run_paths\n"
             "folder = run_paths(get_profile(profile, **overrides), run_dir).figures   # as the real notebooks do\n"
             "folder.mkdir(parents=True, exist_ok=True)\n"
             f"(folder / {figure!r}).write_text('a figure from ' + profile)"))
@@ -194,7 +194,7 @@ def test_package_source_change_reruns_everything(repo, tmp_path_factory):
 
 @pytest.mark.slow
 def test_other_profile_gets_parameters_and_ci_keeps_figures(repo, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", str(Path(chain.__file__).parents[1]))   # the kernel imports this lie_helpers
+    monkeypatch.setenv("PYTHONPATH", str(Path(chain.__file__).parents[2]))   # the kernel imports this lie_helpers
     overrides = {"steps": 3, "checkpoint_every": 1}
     chain_in(repo, "ci", overrides=overrides, only="00,01")
     logged = runs(repo)

@@ -10,9 +10,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from lie_helpers import analysis, celeba, distributed, run_folder, storage
-from lie_helpers.config import get_profile
-from lie_helpers.train import train
+from lie_helpers.analysis import records as analysis
+from lie_helpers.data import celeba
+from lie_helpers.pipeline import distributed
+from lie_helpers.training import run_folder, storage
+from lie_helpers.training.config import get_profile
+from lie_helpers.training.train import train
 from test_analysis import random_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +49,7 @@ def run(tmp_path_factory):
 
 def torchrun(run_dir, test_file, processes=2, *options):
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone",
-               "-m", "lie_helpers.distributed", "--profile", "ci", "--run-dir", str(run_dir),
+               "-m", "lie_helpers.pipeline.distributed", "--profile", "ci", "--run-dir", str(run_dir),
                "--test-tensors", str(test_file), "--no-progress-bar", *options,
                *[a for k, v in SETTINGS.items() for a in ("--set", f"{k}={v}")]]
     done = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},

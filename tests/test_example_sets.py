@@ -3,11 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from lie_helpers import celeba, example_sets, generated_celeba
-from lie_helpers.attributes import ATTRIBUTES
-from lie_helpers.config import get_profile
-from lie_helpers.losses import get_loss
-from lie_helpers.train import build_model, prepare_inputs
+from lie_helpers.data import celeba, generated_celeba
+from lie_helpers.study import example_sets
+from lie_helpers.data.attributes import ATTRIBUTES
+from lie_helpers.training.config import get_profile
+from lie_helpers.training.losses import get_loss
+from lie_helpers.training.train import build_model, prepare_inputs
 
 IDX = {a: i for i, a in enumerate(ATTRIBUTES)}
 
@@ -141,7 +142,7 @@ def test_model_posterior_fit_on_a_split(data):
 
 
 def test_an_example_set_feeds_the_bracket_analysis(data):
-    from lie_helpers import analysis
+    from lie_helpers.analysis import records as analysis
     root = data[0]
     split = celeba.load_split(root, "test", 16, verify_checksums=False, progress=False)
     split_strata = example_sets.strata(split.attributes.numpy(), example_sets.split_truth(root, split.filenames))

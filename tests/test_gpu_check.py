@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import lie_helpers as lh
-from lie_helpers import bench, gpu_check
-from lie_helpers.config import get_profile
-from lie_helpers.losses import get_loss
+from lie_helpers.pipeline import bench, gpu_check
+from lie_helpers.training.config import get_profile
+from lie_helpers.training.losses import get_loss
 
 
 @pytest.fixture(scope="module")

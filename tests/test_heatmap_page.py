@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lie_helpers import bracket_figures
-from lie_helpers.analysis import RunBrackets
-from lie_helpers.attributes import ATTRIBUTES
+from lie_helpers.figures import bracket_figures
+from lie_helpers.analysis.records import RunBrackets
+from lie_helpers.data.attributes import ATTRIBUTES
 from test_summaries import HAIR, STEPS, synthetic_records
 
 LR = 5e-3

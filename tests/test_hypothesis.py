@@ -7,12 +7,13 @@ import scipy.stats
 import torch
 from torch.func import jvp
 
-from lie_helpers import celeba, hypothesis as hyp
-from lie_helpers.analysis import load_run_brackets
-from lie_helpers.attributes import ATTRIBUTES
-from lie_helpers.config import get_profile, run_paths
-from lie_helpers.losses import HAIR_INDEX, OTHER_INDEX, get_loss
-from lie_helpers.train import list_checkpoints, load_checkpoint, train
+from lie_helpers.data import celeba
+from lie_helpers.analysis import hypothesis as hyp
+from lie_helpers.analysis.records import load_run_brackets
+from lie_helpers.data.attributes import ATTRIBUTES
+from lie_helpers.training.config import get_profile, run_paths
+from lie_helpers.training.losses import HAIR_INDEX, OTHER_INDEX, get_loss
+from lie_helpers.training.train import list_checkpoints, load_checkpoint, train
 
 torch.set_num_threads(1)
 DTYPE = torch.float64

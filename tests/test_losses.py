@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from lie_helpers import losses as L
-from lie_helpers.attributes import ATTRIBUTES, HAIR_COLOURS
+from lie_helpers.training import losses as L
+from lie_helpers.data.attributes import ATTRIBUTES, HAIR_COLOURS
 
 DTYPE = torch.float64
 MAKEUP = [ATTRIBUTES.index(a) for a in L.MAKEUP_PAIR]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from lie_helpers.mxresnet import ResBlock, mxresnet
+from lie_helpers.training.mxresnet import ResBlock, mxresnet
 
 
 def n_params(model):

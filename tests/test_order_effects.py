@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from lie_helpers import order_effects as O
-from lie_helpers import run_folder, storage
-from lie_helpers import train as T
-from lie_helpers.brackets import lie_bracket, pushforward
-from lie_helpers.config import get_profile, swap_steps
+from lie_helpers.analysis import order_effects as O
+from lie_helpers.training import run_folder, storage
+from lie_helpers.training import train as T
+from lie_helpers.engine.brackets import lie_bracket, pushforward
+from lie_helpers.training.config import get_profile, swap_steps
 from test_train import random_data     # the same random images and attributes as the training tests
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lie_helpers.attributes import ATTRIBUTES
-from lie_helpers.plots import (accuracy_frame, plot_base_rates, plot_image_grid, plot_training_curves,
+from lie_helpers.data.attributes import ATTRIBUTES
+from lie_helpers.figures.plots import (accuracy_frame, plot_base_rates, plot_image_grid, plot_training_curves,
                                save_figure, set_style)
 
 BLACK, BROWN, MALE, BALD = (ATTRIBUTES.index(a) for a in ("Black_Hair", "Brown_Hair", "Male", "Bald"))
@@ -121,7 +121,7 @@ def test_save_figure_writes_png_and_pdf_with_the_caption(tmp_path):
 
 def test_figure_slider_redraws_into_an_image_widget():
     import ipywidgets as widgets
-    from lie_helpers.plots import figure_slider
+    from lie_helpers.figures.plots import figure_slider
 
     def draw(value):
         fig, ax = plt.subplots()

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from lie_helpers import publish
+from lie_helpers.pipeline import publish
 
 REPO = Path(__file__).resolve().parents[1]
 # Every text file a reader sees or the package ships; the address may appear in them only inside a link.
 TEXT_FILES = ["README.md", "Makefile", "environment.yml", "pyproject.toml", "docs/*.md", "solutions/*.md",
-              "notebooks/*.ipynb", "lie_helpers/*.py"]
+              "notebooks/*.ipynb", "lie_helpers/**/*.py"]
 # Placeholder spellings other than the one publish.py rewrites.
 OTHER_PLACEHOLDERS = re.compile(r"\b(?:OWNER|USERNAME|YOUR[_-]?(?:NAME|ORG|USER|REPO)|ORG/REPO|USER/REPO)\b|"
                                 r"<(?:owner|user|org|repo)>|github\.com/(?:username|your|example)\b")
@@ -39,7 +39,7 @@ def test_the_checkout_links_only_the_stored_address_and_has_no_other_placeholder
     for path in text_files(REPO):
         text = path.read_text(encoding="utf-8")
         name = path.relative_to(REPO).as_posix()
-        if name != "lie_helpers/publish.py":
+        if name != "lie_helpers/pipeline/publish.py":
             assert text.count(publish.REPOSITORY) == publish.count_links(text, publish.REPOSITORY), \
                 f"{name} names {publish.REPOSITORY} outside a link that `make publish-links` rewrites"
             assert text.count(publish.PLACEHOLDER) == publish.count_links(text, publish.PLACEHOLDER), name
@@ -63,7 +63,7 @@ def test_publish_links_rewrites_every_link_and_the_stored_address(tmp_path):
             assert publish.count_links(text, "alice/lie-brackets.v2") == before[path]
     lesson = (root / "notebooks" / "00_theory.ipynb").read_text(encoding="utf-8")
     assert "git+https://github.com/alice/lie-brackets.v2\\\"" in lesson   # the notebook's JSON stays intact
-    module = (root / "lie_helpers" / "publish.py").read_text(encoding="utf-8")
+    module = (root / "lie_helpers" / "pipeline" / "publish.py").read_text(encoding="utf-8")
     assert 'REPOSITORY = "alice/lie-brackets.v2"' in module and 'PLACEHOLDER = "OWNER/REPO"' in module
 
     # From a published address to another: only this repository's links move, other GitHub links stay.

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lie_helpers import results, toy
-from lie_helpers.brackets import lie_bracket
+from lie_helpers.training import results
+from lie_helpers.engine import toy
+from lie_helpers.engine.brackets import lie_bracket
 
 
 def test_record_merges_and_loads(tmp_path):

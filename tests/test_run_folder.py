@@ -9,10 +9,11 @@ import threading
 import pytest
 import torch
 
-from lie_helpers import analysis, run_folder, storage
-from lie_helpers import train as T
-from lie_helpers.config import PROFILES, get_profile, run_folder_name, run_paths
-from lie_helpers.run_folder import RunPaths
+from lie_helpers.analysis import records as analysis
+from lie_helpers.training import run_folder, storage
+from lie_helpers.training import train as T
+from lie_helpers.training.config import PROFILES, get_profile, run_folder_name, run_paths
+from lie_helpers.training.run_folder import RunPaths
 
 SETTINGS = dict(image_size=16, width=0.125, steps=5, batch_size=8, checkpoint_every=2, eval_images=12,
                 bracket_examples=3, pushforward_batch=5, swap_checkpoints=0)   # Adam state: the last two only
@@ -286,7 +287,7 @@ def test_settings_consistency_and_safe_coercions():
 
 
 def test_noise_bands_change_the_hash_and_the_data_folder_only_when_on():
-    from lie_helpers.config import data_dir, describe_source
+    from lie_helpers.training.config import data_dir, describe_source
     for name in PROFILES:                  # today's hashes and data folders stay as they were
         assert get_profile(name, hair_noise_band=0, glasses_noise_band=0.0).hash() == get_profile(name).hash()
     assert get_profile("default").hash() == "d73ebf2f9099" and get_profile("ci").hash() == "783eb744251a"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from lie_helpers import stats as S
+from lie_helpers.study import stats as S
 
 
 def brute_force_sign_flip(d):

@@ -1,14 +1,14 @@
-"""The decisive test's code (lie_helpers.study): arms, shared examples, resumable records, profiles, the
+"""The decisive test's code (lie_helpers.study.core): arms, shared examples, resumable records, profiles, the
 pre-registered contrasts and a verdict that follows them. End to end on tiny runs; the statistics
 themselves are tested in test_stats.py."""
 import numpy as np
 import pytest
 import torch
 
-from lie_helpers import stats, study
-from lie_helpers.attributes import ATTRIBUTES
-from lie_helpers.config import get_profile
-from lie_helpers.hypothesis import attribute_mask
+from lie_helpers.study import stats, core as study
+from lie_helpers.data.attributes import ATTRIBUTES
+from lie_helpers.training.config import get_profile
+from lie_helpers.analysis.hypothesis import attribute_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

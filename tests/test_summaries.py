@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from lie_helpers import summaries
-from lie_helpers.analysis import RunBrackets
-from lie_helpers.attributes import ATTRIBUTES
+from lie_helpers.analysis import summaries
+from lie_helpers.analysis.records import RunBrackets
+from lie_helpers.data.attributes import ATTRIBUTES
 
 HAIR = ("Black_Hair", "Brown_Hair")
 STEPS = [0, 50, 100, 150, 200, 250]

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import lie_helpers as lh
-from lie_helpers import symmetry as sym
-from lie_helpers.brackets import parameters_of
-from lie_helpers.losses import HAIR_INDEX, get_loss
-from lie_helpers.mxresnet import mxresnet
+from lie_helpers.analysis import symmetry as sym
+from lie_helpers.engine.brackets import parameters_of
+from lie_helpers.training.losses import HAIR_INDEX, get_loss
+from lie_helpers.training.mxresnet import mxresnet
 
 torch.set_num_threads(1)
 DTYPE = torch.float64

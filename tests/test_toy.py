@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from lie_helpers import toy
-from lie_helpers.brackets import gradient, lie_bracket
+from lie_helpers.engine import toy
+from lie_helpers.engine.brackets import gradient, lie_bracket
 
 
 @pytest.fixture(scope="module")

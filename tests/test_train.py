@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from lie_helpers import storage
-from lie_helpers import train as T
-from lie_helpers.attributes import ATTRIBUTES
-from lie_helpers.config import get_profile
+from lie_helpers.training import storage
+from lie_helpers.training import train as T
+from lie_helpers.data.attributes import ATTRIBUTES
+from lie_helpers.training.config import get_profile
 
 # 24 training images, batches of 8: three batches an epoch, so 5 steps cross an epoch boundary.
 # No swap checkpoints: only the last two checkpoints keep their Adam state (tests/test_order_effects.py has the rest).

@@ -28,8 +28,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
 
-from . import summaries
-from .attributes import HAIR_COLOURS
+from ..analysis import summaries
+from ..data.attributes import HAIR_COLOURS
 
 HIGHLIGHT_COLOURS = ("C0", "C1", "C2", "C3")  # as plots.plot_training_curves colours its highlighted attributes
 SIGNED_CMAP = "RdBu_r"

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .attributes import ATTRIBUTES
-from .attributes import HAIR_COLOURS
+from ..data.attributes import ATTRIBUTES
+from ..data.attributes import HAIR_COLOURS
 
 
 def set_style() -> None:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .analysis import analyse_run
-from .attributes import ATTRIBUTES
-from .config import Profile, data_dir
-from .generated_celeba import read_ground_truth
-from .losses import get_loss
-from .run_folder import RunPaths
-from .train import train
+from .records import analyse_run
+from ..data.attributes import ATTRIBUTES
+from ..training.config import Profile, data_dir
+from ..data.generated_celeba import read_ground_truth
+from ..training.losses import get_loss
+from ..training.run_folder import RunPaths
+from ..training.train import train
 
 LOSS_NAMES = ("independent", "categorical_hair_matched")
 HAIR_PAIR = ("Black_Hair", "Brown_Hair")            # exclusive and confusable (generated ground truth)

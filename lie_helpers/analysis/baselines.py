@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from .brackets import BracketMatrix, bracket_mode, example_loss, parameters_of
-from .losses import IndependentBCE
+from ..engine.brackets import BracketMatrix, bracket_mode, example_loss, parameters_of
+from ..training.losses import IndependentBCE
 
 
 # ----------------------------------------------------------------------------- checks

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attributes import ATTRIBUTES, HAIR_COLOURS
+from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
 
 MAKEUP_PAIR = ("Heavy_Makeup", "Wearing_Lipstick")   # phi 0.83 in the generated data: they co-occur
 

@@ -43,17 +43,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import example_sets, run_folder, stats, storage
-from .analysis import analyse_checkpoint, fixed_inputs
-from .attributes import ATTRIBUTES, HAIR_COLOURS
-from .celeba import load_profile_split, prepare_data
-from .config import Profile
-from .hypothesis import CORRELATED_CONTROLS, HAIR_PAIR, attribute_magnitudes, attribute_mask, attribute_perturbations
-from .baselines import gradient_pushforward
-from .losses import gradient_share, get_loss
-from .train import load_checkpoint, train
+from . import example_sets, stats
+from .. import REPO_DIR
+from ..training import run_folder, storage
+from ..analysis.records import analyse_checkpoint, fixed_inputs
+from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
+from ..data.celeba import load_profile_split, prepare_data
+from ..training.config import Profile
+from ..analysis.hypothesis import CORRELATED_CONTROLS, HAIR_PAIR, attribute_magnitudes, attribute_mask, attribute_perturbations
+from ..analysis.baselines import gradient_pushforward
+from ..training.losses import gradient_share, get_loss
+from ..training.train import load_checkpoint, train
 
-REPO_DIR = Path(__file__).resolve().parent.parent
 STUDY_VERSION = 1
 SCALE = "fisher"
 GLASSES = ("Eyeglasses",)
@@ -531,7 +532,7 @@ def plot_dial(P: Profile, profiles: dict):
 
 def main(argv=None) -> int:
     import argparse
-    from .config import get_profile, run_paths
+    from ..training.config import get_profile, run_paths
 
     parser = argparse.ArgumentParser(prog="python -m lie_helpers.study",
                                      description="Train and analyse the study's runs (notebook 04 reads them).")

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .attributes import ATTRIBUTES
-from .generated_celeba import read_ground_truth, read_true_posteriors
-from .train import EVAL_BATCH, prepare_inputs
+from ..data.attributes import ATTRIBUTES
+from ..data.generated_celeba import read_ground_truth, read_true_posteriors
+from ..training.train import EVAL_BATCH, prepare_inputs
 
 AMBIGUOUS = (0.2, 0.8)        # an own-label posterior strictly inside is ambiguous
 STRATA = ("ambiguous black/brown", "unambiguous black/brown", "faint glasses", "other")
@@ -128,7 +128,7 @@ def draw_example_sets(split_strata: dict, seed: int, n_sets: int = 4, bracket: d
 def predicted_probabilities(model, loss_fn, images) -> np.ndarray:
     """P(attribute) [N, 40] in CelebA's order from a trained model (eval mode) on uint8 images [N, 3, S, S]:
     the sigmoid of each attribute's log-odds (hypothesis.attribute_log_odds), for any loss's outputs."""
-    from .hypothesis import attribute_log_odds
+    from ..analysis.hypothesis import attribute_log_odds
     param = next(model.parameters())
     was_training = model.training
     model.eval()

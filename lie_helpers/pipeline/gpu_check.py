@@ -57,17 +57,18 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, storage
-from .analysis import analyse_checkpoint, fixed_inputs
-from .attributes import ATTRIBUTES
+from .. import __version__
+from ..training import storage
+from ..analysis.records import analyse_checkpoint, fixed_inputs
+from ..data.attributes import ATTRIBUTES
 from .bench import benchmark_model, median, peak_memory, random_examples, synchronize, time_bracket_methods, timed
-from .brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, brackets_vmapped, example_loss, parameters_of,
+from ..engine.brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, brackets_vmapped, example_loss, parameters_of,
                        relative_error)
-from .celeba import load_split
-from .config import Profile, get_profile
-from .generated_celeba import generate_celeba
-from .losses import get_loss
-from .train import _save_checkpoint, build_model, evaluate, make_optimizer, prepare_inputs, train_step
+from ..data.celeba import load_split
+from ..training.config import Profile, get_profile
+from ..data.generated_celeba import generate_celeba
+from ..training.losses import get_loss
+from ..training.train import _save_checkpoint, build_model, evaluate, make_optimizer, prepare_inputs, train_step
 
 FORMAT = "lie_helpers.gpu_check/1"
 UNITS = {"…_s": "seconds", "…_per_s": "per second", "…_bytes": "bytes",

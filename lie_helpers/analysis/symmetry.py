@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from . import toy
-from .brackets import bracket_matrix, bracket_mode, example_loss, field_norm, parameters_of
+from ..engine import toy
+from ..engine.brackets import bracket_matrix, bracket_mode, example_loss, field_norm, parameters_of
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

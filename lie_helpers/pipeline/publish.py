@@ -5,7 +5,7 @@ README.md, docs/ and the notebooks link to this repository: Colab and Binder bad
 address, REPOSITORY below is a placeholder and those links lead nowhere. One command sets it
 here and rewrites every link (from whatever address they held before):
 
-    make publish-links REPO=owner/name      # = python lie_helpers/publish.py owner/name
+    make publish-links REPO=owner/name      # = python lie_helpers/pipeline/publish.py owner/name
 
 Standard library only, run as a script: it needs neither torch nor an installed package.
 """
@@ -20,7 +20,7 @@ PLACEHOLDER = "OWNER/REPO"
 # Link forms that carry the address right after them (Colab's is "github/", not "github.com/").
 LINK_PREFIXES = ("github.com/", "colab.research.google.com/github/", "mybinder.org/v2/gh/")
 LINKED_FILES = ("README.md", "docs/*.md", "notebooks/*.ipynb")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _ADDRESS = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?/[A-Za-z0-9._-]+")
 
 
@@ -52,10 +52,10 @@ def publish_links(address: str, root: Path = ROOT) -> dict[str, int]:
         raise ValueError(f"{address!r} is not a GitHub address: give owner/name, e.g. "
                          "`make publish-links REPO=alice/lie-brackets`.")
     root = Path(root)
-    module = root / "lie_helpers" / "publish.py"
+    module = root / "lie_helpers" / "pipeline" / "publish.py"
     if not (root / "README.md").exists() or not module.exists():
         raise FileNotFoundError(f"{root} is not a checkout of this repository (no README.md or "
-                                "lie_helpers/publish.py): run the command in the checkout.")
+                                "lie_helpers/pipeline/publish.py): run the command in the checkout.")
     source = module.read_text(encoding="utf-8")
     old = re.search(r'^REPOSITORY = "([^"]*)"', source, re.M).group(1)
     counts = {}
@@ -72,7 +72,7 @@ def publish_links(address: str, root: Path = ROOT) -> dict[str, int]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python lie_helpers/publish.py owner/name   (or: make publish-links REPO=owner/name)",
+        print("usage: python lie_helpers/pipeline/publish.py owner/name   (or: make publish-links REPO=owner/name)",
               file=sys.stderr)
         return 2
     try:
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         return 2
     for path, n in counts.items():
         print(f"{path}: {n} link(s) now point at {argv[0]}")
-    print(f"REPOSITORY = {argv[0]!r} in lie_helpers/publish.py; {sum(counts.values())} links in all.")
+    print(f"REPOSITORY = {argv[0]!r} in lie_helpers/pipeline/publish.py; {sum(counts.values())} links in all.")
     return 0
 
 

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from .brackets import gradient, hvp, lie_bracket, pushforward, swap_difference
-from .config import Profile
-from .train import epoch_order, load_training_state
+from ..engine.brackets import gradient, hvp, lie_bracket, pushforward, swap_difference
+from ..training.config import Profile
+from ..training.train import epoch_order, load_training_state
 
 PREDICTIONS = ("bracket", "gradient", "adam_frozen", "adam_aware")
 LR_SCALE = 0.25   # the second learning rate, as a fraction of the training one, for the order in lr
@@ -246,9 +246,9 @@ def measure_run(profile: Profile, run_dir, train_data, fixed_batch: torch.Tensor
     images at each (choose_pairs). train_data: (uint8 images, attributes) of the training split;
     fixed_batch: the prepared pushforward batch (analysis.fixed_inputs)."""
     from tqdm.auto import tqdm
-    from .config import swap_steps
-    from .losses import get_loss
-    from .train import prepare_inputs
+    from ..training.config import swap_steps
+    from ..training.losses import get_loss
+    from ..training.train import prepare_inputs
 
     steps = swap_steps(profile) if steps is None else list(steps)
     if not steps:

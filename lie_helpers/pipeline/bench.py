@@ -15,10 +15,10 @@ from typing import Callable
 
 import torch
 
-from .attributes import ATTRIBUTES
-from .brackets import BracketMatrix, bracket_matrix, gradient, lie_bracket, relative_error
-from .config import Profile
-from .train import build_model
+from ..data.attributes import ATTRIBUTES
+from ..engine.brackets import BracketMatrix, bracket_matrix, gradient, lie_bracket, relative_error
+from ..training.config import Profile
+from ..training.train import build_model
 
 
 def synchronize(device) -> None:

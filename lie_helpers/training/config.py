@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .generated_celeba import MAX_BAND
+from ..data.generated_celeba import MAX_BAND
 from .losses import LOSSES
 from .mxresnet import LAYERS
 from .run_folder import RunPaths

@@ -44,12 +44,15 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from . import analysis, celeba, run_folder, storage
-from .brackets import PAIRS_PER_CALL, BracketMatrix, pair_chunks
-from .chain import REPO_DIR, ChainError, parse_overrides
-from .config import PROFILES, Profile, get_profile, run_paths
-from .storage import show
-from .train import load_checkpoint
+from ..analysis import records as analysis
+from ..data import celeba
+from ..training import run_folder, storage
+from ..engine.brackets import PAIRS_PER_CALL, BracketMatrix, pair_chunks
+from .. import REPO_DIR
+from .chain import ChainError, parse_overrides
+from ..training.config import PROFILES, Profile, get_profile, run_paths
+from ..training.storage import show
+from ..training.train import load_checkpoint
 
 
 def analyse_run(profile: Profile, test_data, *, run_dir, fingerprint: str, device, progress: bool = True,

@@ -29,10 +29,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import REPO_DIR
 from .run_folder import RunPaths
 from .storage import atomic_write_json, read_json
 
-CHECKS_FILE = Path(__file__).resolve().parent.parent / "tests" / "result_checks.toml"
+CHECKS_FILE = REPO_DIR / "tests" / "result_checks.toml"
 KINDS = ("equals", "value", "log10", "min", "max")
 
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, run_folder, storage
-from .attributes import ATTRIBUTES
+from .. import __version__
+from . import run_folder, storage
+from ..data.attributes import ATTRIBUTES
 from .config import Profile, swap_steps
 from .losses import get_loss
 from .mxresnet import mxresnet

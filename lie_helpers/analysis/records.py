@@ -34,13 +34,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import baselines, run_folder, storage
-from .brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, bracket_mode, checked_pairs_per_call,
+from . import baselines
+from ..training import run_folder, storage
+from ..engine.brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, bracket_mode, checked_pairs_per_call,
                        parameters_of, pushforward, rms_per_tensor)
-from .config import Profile, run_paths
-from .losses import IndependentBCE, get_loss
-from .storage import show
-from .train import load_checkpoint, prepare_inputs
+from ..training.config import Profile, run_paths
+from ..training.losses import IndependentBCE, get_loss
+from ..training.storage import show
+from ..training.train import load_checkpoint, prepare_inputs
 
 ANALYSIS_VERSION = 3  # bump when what is stored changes
 BASELINES = ("gradient_pushforward", "attribute_loss", "attribute_gradient_gram", "ggn_trace", "batch_targets")

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, TEXT_FILES
 from .generated_celeba import generate_celeba
-from .storage import atomic_save_tensors, load_tensors, read_metadata, show
+from ..training.storage import atomic_save_tensors, load_tensors, read_metadata, show
 
 PREPROCESS_VERSION = 1
 SPLITS = ("train", "valid", "test", "all")
@@ -391,7 +391,7 @@ def prepare_data(profile, *, verify_checksums: bool | None = None, progress: boo
     Real source: checks the folder (files present; md5 checksums unless
     `verify_checksums` is False, default True for real data).
     """
-    from .config import data_dir
+    from ..training.config import data_dir
 
     root = data_dir(profile)
     if profile.data_source == "generated":
