@@ -2,7 +2,6 @@
 loader checks, resuming from the last good checkpoint, and a lock. The issue's reproductions
 (issue 9) come first, then a few a hostile user would try."""
 import hashlib
-import json
 import shutil
 import threading
 

@@ -1,6 +1,5 @@
 """Training: checkpoints, metadata, exact resume, refusing other runs' folders, full disks, corrupt files."""
 import errno
-import json
 
 import pytest
 import torch

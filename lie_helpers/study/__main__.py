@@ -1,5 +1,31 @@
-"""`python -m lie_helpers.study`: train and analyse the study's runs (`make study`)."""
-from .core import main
+"""`python -m lie_helpers.study`: train and analyse the study's runs (`make study`; notebook 04 reads them)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .. import REPO_DIR
+from ..training.config import get_profile, run_paths
+from .records import train_study_runs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lie_helpers.study",
+                                     description="Train and analyse the study's runs (notebook 04 reads them).")
+    parser.add_argument("--profile", default="study")
+    parser.add_argument("--shard", default="0/1", metavar="K/N", help="run the runs K, K+N, … (one process a core)")
+    args = parser.parse_args(argv)
+    try:
+        k, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard must be K/N, e.g. 0/2; got {args.shard!r}.") from None
+    os.chdir(REPO_DIR / "notebooks")      # where notebook 04 runs: the profile's paths (../data, ../runs) agree
+    profile = get_profile(args.profile)
+    seconds = train_study_runs(profile, run_paths(profile).root, shard=(k, n))
+    for (arm, seed), t in seconds.items():
+        print(f"{arm:<28} seed {seed}: {t:6.0f} s")
+    return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -27,6 +27,8 @@ import torch
 
 from ..data.attributes import ATTRIBUTES
 from ..data.generated_celeba import read_ground_truth, read_true_posteriors
+from ..analysis.currency import attribute_log_odds
+from ..training.config import Profile, data_dir
 from ..training.train import EVAL_BATCH, prepare_inputs
 
 AMBIGUOUS = (0.2, 0.8)        # an own-label posterior strictly inside is ambiguous
@@ -127,8 +129,7 @@ def draw_example_sets(split_strata: dict, seed: int, n_sets: int = 4, bracket: d
 
 def predicted_probabilities(model, loss_fn, images) -> np.ndarray:
     """P(attribute) [N, 40] in CelebA's order from a trained model (eval mode) on uint8 images [N, 3, S, S]:
-    the sigmoid of each attribute's log-odds (hypothesis.attribute_log_odds), for any loss's outputs."""
-    from ..analysis.hypothesis import attribute_log_odds
+    the sigmoid of each attribute's log-odds (currency.attribute_log_odds), for any loss's outputs."""
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -176,3 +177,13 @@ def model_posterior_fit(model, loss_fn, split, data_root, bins: int = 5) -> dict
     data in `data_root`: does it reach the posterior 0.5 on the bands, and is it calibrated elsewhere?"""
     probabilities = predicted_probabilities(model, loss_fn, split.images)
     return posterior_fit(probabilities, split.attributes.numpy(), split_truth(data_root, split.filenames), bins)
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+def ambiguous_filenames(profile: Profile) -> set[str]:
+    """Black- or brown-labelled images whose hair shade makes their own label uncertain (generated data
+    only; real CelebA has no such list, so the set is empty)."""
+    if profile.data_source != "generated":
+        return set()
+    return {name for pair in read_ground_truth(data_dir(profile))["ambiguous_pairs"] for name in pair["ambiguous_images"]}

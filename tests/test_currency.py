@@ -1,19 +1,10 @@
-"""The two-loss experiment: comparable outputs (against autograd), summaries, runs, verdict."""
-import json
-
-import numpy as np
+"""One currency for every loss's outputs (lie_helpers.analysis.currency), against autograd."""
 import pytest
-import scipy.stats
 import torch
 from torch.func import jvp
 
-from lie_helpers.data import celeba
-from lie_helpers.analysis import hypothesis as hyp
-from lie_helpers.analysis.records import load_run_brackets
-from lie_helpers.data.attributes import ATTRIBUTES
-from lie_helpers.training.config import get_profile, run_paths
+from lie_helpers.analysis import currency
 from lie_helpers.training.losses import HAIR_INDEX, OTHER_INDEX, get_loss
-from lie_helpers.training.train import list_checkpoints, load_checkpoint, train
 
 torch.set_num_threads(1)
 DTYPE = torch.float64
@@ -36,33 +27,33 @@ def log_odds(z):
 def test_log_softmax_pushforward_is_the_jvp_of_log_softmax():
     z, dz = random_logits(4, 3, 5)
     expected = jvp(lambda t: t.log_softmax(-1), (z,), (dz,))[1]
-    torch.testing.assert_close(hyp.log_softmax_pushforward(dz, z), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(currency.log_softmax_pushforward(dz, z), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_log_odds_pushforward_is_the_jvp_of_the_log_odds_even_when_confident():
     z, dz = random_logits(4, 3, 5)
     z[0, 0, 2] = 40.0                      # p ≈ 1 − 1e-17: dividing d log p by 1 − p would fail here
     expected = jvp(log_odds, (z,), (dz,))[1]
-    torch.testing.assert_close(hyp.log_odds_pushforward(dz, z), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(currency.log_odds_pushforward(dz, z), expected, rtol=1e-12, atol=1e-12)
     moderate = z[1:]
     p = moderate.softmax(-1)
-    torch.testing.assert_close(hyp.log_odds_pushforward(dz[1:], moderate),
-                               hyp.log_softmax_pushforward(dz[1:], moderate) / (1 - p), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(currency.log_odds_pushforward(dz[1:], moderate),
+                               currency.log_softmax_pushforward(dz[1:], moderate) / (1 - p), rtol=1e-10, atol=1e-12)
 
 
 def test_attribute_log_odds():
     z = random_logits(3, 41)[0]
-    scores = hyp.attribute_log_odds("categorical_hair_matched", z)
+    scores = currency.attribute_log_odds("categorical_hair_matched", z)
     torch.testing.assert_close(scores, categorical_attribute_scores(z, "log_odds"))
     p = z[:, 36:].softmax(-1)
     torch.testing.assert_close(scores[:, HAIR_INDEX], (p / (1 - p)).log()[:, :4])
-    assert torch.equal(hyp.attribute_log_odds("independent", z[:, :40]), z[:, :40])
+    assert torch.equal(currency.attribute_log_odds("independent", z[:, :40]), z[:, :40])
 
 
 def test_a_shared_shift_of_the_softmax_logits_changes_nothing():
     z, dz = random_logits(6, 5)
     shifted = dz + torch.randn(6, 1, dtype=DTYPE)
-    for pushforward in (hyp.log_softmax_pushforward, hyp.log_odds_pushforward):
+    for pushforward in (currency.log_softmax_pushforward, currency.log_odds_pushforward):
         torch.testing.assert_close(pushforward(shifted, z), pushforward(dz, z), rtol=1e-12, atol=1e-12)
 
 
@@ -79,12 +70,12 @@ def categorical_attribute_scores(z, scale):
 @pytest.mark.parametrize("scale", ["log_odds", "log_prob"])
 def test_attribute_perturbations_match_autograd(scale):
     z, dz = random_logits(3, 41)
-    torch.testing.assert_close(hyp.attribute_perturbations("categorical_hair_matched", dz, z, scale),
+    torch.testing.assert_close(currency.attribute_perturbations("categorical_hair_matched", dz, z, scale),
                                jvp(lambda t: categorical_attribute_scores(t, scale), (z,), (dz,))[1],
                                rtol=1e-12, atol=1e-12)
     z, dz = random_logits(3, 40)
     binary = (lambda t: t) if scale == "log_odds" else torch.nn.functional.logsigmoid
-    torch.testing.assert_close(hyp.attribute_perturbations("independent", dz, z, scale),
+    torch.testing.assert_close(currency.attribute_perturbations("independent", dz, z, scale),
                                jvp(binary, (z,), (dz,))[1], rtol=1e-12, atol=1e-12)
 
 
@@ -100,10 +91,10 @@ def makeup_attribute_probabilities(z):
 def test_softmax_groups_of_any_loss_map_to_their_attributes():
     z, dz = random_logits(3, 41)
     p = makeup_attribute_probabilities(z)
-    torch.testing.assert_close(hyp.attribute_log_odds("exclusive_makeup", z), (p / (1 - p)).log())
+    torch.testing.assert_close(currency.attribute_log_odds("exclusive_makeup", z), (p / (1 - p)).log())
     for scale, score in (("log_odds", lambda t: torch.logit(makeup_attribute_probabilities(t))),
                          ("log_prob", lambda t: makeup_attribute_probabilities(t).log())):
-        torch.testing.assert_close(hyp.attribute_perturbations("exclusive_makeup", dz, z, scale),
+        torch.testing.assert_close(currency.attribute_perturbations("exclusive_makeup", dz, z, scale),
                                    jvp(score, (z,), (dz,))[1], rtol=1e-10, atol=1e-10)
 
 
@@ -115,8 +106,8 @@ def bernoulli_kl(p, q):
 def test_fisher_scale_is_the_root_of_twice_the_kl_of_each_attribute(loss, n_outputs):
     """|fisher| = √(2 KL(p_k ‖ p_k + dp_k)) to first order in the step, for sigmoid and softmax outputs alike."""
     z, dz = random_logits(4, n_outputs, scale=1.5)
-    probability = lambda t: torch.sigmoid(hyp.attribute_log_odds(loss, t))       # noqa: E731
-    fisher = hyp.attribute_perturbations(loss, dz, z, "fisher")
+    probability = lambda t: torch.sigmoid(currency.attribute_log_odds(loss, t))       # noqa: E731
+    fisher = currency.attribute_perturbations(loss, dz, z, "fisher")
     for eps in (1e-4, 1e-5):
         p, q = probability(z), probability(z + eps * dz)
         kl_root = (2 * bernoulli_kl(p, q)).sqrt() * torch.sign(q - p) / eps
@@ -129,22 +120,22 @@ def test_fisher_scale_ignores_a_shared_shift_of_a_softmax_group():
         group = get_loss(loss).group_slices()[0]
         shift = torch.zeros(5, 41, dtype=DTYPE)
         shift[:, group] = torch.randn(5, 1, dtype=DTYPE, generator=torch.Generator().manual_seed(3))
-        base = hyp.attribute_perturbations(loss, dz, z, "fisher")
-        torch.testing.assert_close(hyp.attribute_perturbations(loss, dz + shift, z, "fisher"), base, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(hyp.attribute_perturbations(loss, dz, z + 7 * shift, "fisher"), base,
+        base = currency.attribute_perturbations(loss, dz, z, "fisher")
+        torch.testing.assert_close(currency.attribute_perturbations(loss, dz + shift, z, "fisher"), base, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(currency.attribute_perturbations(loss, dz, z + 7 * shift, "fisher"), base,
                                    rtol=1e-10, atol=1e-12)
-    assert hyp.PERTURBATION_SCALES[0] == "fisher"
+    assert currency.PERTURBATION_SCALES[0] == "fisher"
 
 
 def test_attribute_perturbations_broadcast_logits_over_pairs_and_check_names():
     z, dz = random_logits(2, 1, 4, 41)[0], random_logits(2, 3, 4, 41)[1]
-    out = hyp.attribute_perturbations("categorical_hair_matched", dz, z)
+    out = currency.attribute_perturbations("categorical_hair_matched", dz, z)
     assert out.shape == (2, 3, 4, 40)
-    torch.testing.assert_close(out[:, 1], hyp.attribute_perturbations("categorical_hair_matched", dz[:, 1], z[:, 0]))
+    torch.testing.assert_close(out[:, 1], currency.attribute_perturbations("categorical_hair_matched", dz[:, 1], z[:, 0]))
     with pytest.raises(ValueError, match="scale"):
-        hyp.attribute_perturbations("independent", dz, z, "logits")
+        currency.attribute_perturbations("independent", dz, z, "logits")
     with pytest.raises(ValueError, match="Unknown loss"):
-        hyp.attribute_perturbations("mse", dz, z)
+        currency.attribute_perturbations("mse", dz, z)
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -153,49 +144,8 @@ def test_attribute_magnitudes_rms_over_batch_median_over_pairs():
     p = torch.zeros(1, 3, 2, 40, dtype=DTYPE)
     p[0, :, 0, 0] = torch.tensor([3.0, 30.0, 300.0])      # pair k: RMS over the batch = value / √2
     p[0, :, 1, 1] = 4.0
-    magnitudes = hyp.attribute_magnitudes(p)
+    magnitudes = currency.attribute_magnitudes(p)
     assert magnitudes.shape == (1, 40)
     assert magnitudes[0, 0].item() == pytest.approx(30 / 2 ** 0.5)     # the extreme pair does not count
     assert magnitudes[0, 1].item() == pytest.approx(4 / 2 ** 0.5)
     assert magnitudes[0, 2].item() == 0
-
-
-def test_hypothesis_profiles_thin_checkpoints_and_reuse_the_main_run():
-    assert hyp.hypothesis_profile(get_profile("default"), "categorical_hair_matched", 1).checkpoint_every == 200
-    assert hyp.hypothesis_profile(get_profile("ci"), "independent", 1).checkpoint_every == 40
-    assert hyp.hypothesis_profile(get_profile("full"), "independent", 1).checkpoint_every == 1000
-    P = get_profile("default")
-    paths = run_paths(P, "runs/x")
-    runs = hyp.hypothesis_runs(P, paths)
-    assert [(r.loss, r.seed) for r in runs] == [(loss, s) for loss in hyp.LOSS_NAMES for s in P.seeds]
-    assert runs[0].run_dir == paths.root and runs[0].profile == P
-    assert runs[4].run_dir == paths.root / "hypothesis" / "categorical_hair_matched-seed1"
-    assert runs[4].profile.loss == "categorical_hair_matched" and runs[4].profile.seed == 1
-
-
-def random_split(n, size, seed):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8),
-            torch.randint(0, 2, (n, 40), generator=g))
-
-
-TINY = dict(image_size=16, width=0.125, steps=4, checkpoint_every=2, batch_size=8, eval_images=16,
-            bracket_examples=3, pushforward_batch=5, seeds=(0, 1))
-
-
-def test_thinning_checkpoints_keeps_the_trajectory(tmp_path):
-    """hypothesis_profile's premise: the cadence of checkpoints does not change the weights."""
-    data = random_split(32, 16, 0), random_split(16, 16, 1)
-    every_2, every_4 = get_profile("ci", **TINY), get_profile("ci", **{**TINY, "checkpoint_every": 4})
-    train(every_2, tmp_path / "a", *data, fingerprint="d", progress=False)
-    train(every_4, tmp_path / "b", *data, fingerprint="d", progress=False)
-    assert list_checkpoints(tmp_path / "b") == [0, 4]
-    a, b = load_checkpoint(tmp_path / "a", 4, every_2), load_checkpoint(tmp_path / "b", 4, every_4)
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), name
-
-
-class Split:
-    def __init__(self, data, fingerprint="d"):
-        self.images, self.attributes, self.fingerprint = *data, fingerprint
-

@@ -1,0 +1,95 @@
+"""The study's records: each run's bracket pushforwards and J·g at its late checkpoints, made once and checked.
+
+A record's key names what it depends on (the run, the checkpoint's weights, the example sets);
+a record whose key differs is recomputed, never read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .design import arm_profile, arm_run_dir, late_steps, study_runs, study_sets
+from .runs import SideRun, train_runs
+from ..analysis.baselines import gradient_pushforward
+from ..analysis.records import analyse_checkpoint, fixed_inputs
+from ..training import run_folder, storage
+from ..training.config import Profile
+from ..training.losses import get_loss
+from ..training.train import load_checkpoint
+
+STUDY_VERSION = 1
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def record_path(run_dir, step: int) -> Path:
+    return Path(run_dir) / "study_records" / f"{run_folder.step_name(step)}.safetensors"
+
+
+def record_key(profile: Profile, run_dir, step: int, sets) -> str:
+    """What a study record depends on: the run, the checkpoint's weights and the example sets."""
+    weights = run_folder.checkpoint_entry(run_dir, step)["sha256"]["weights"]
+    return _digest({"run": profile.hash(), "weights": weights, "version": STUDY_VERSION,
+                    "sets": [(s.number, {k: v.tolist() for k, v in s.bracket.items()}, s.pushforward.tolist())
+                             for s in sets]})
+
+
+def first_order_path(run_dir, step: int) -> Path:
+    return Path(run_dir) / "study_records" / f"{run_folder.step_name(step)}.first_order.safetensors"
+
+
+def analyse_study_run(profile: Profile, run_dir, sets, test) -> None:
+    """Store, at each late checkpoint, every set's and stratum's bracket pushforwards and, beside them, what one
+    gradient step predicts for the same examples and batch (J·g, any loss), unless records made under the
+    same key (run, checkpoint, examples) exist."""
+    loss_fn = get_loss(profile.loss)
+    for step in late_steps(profile):
+        key = record_key(profile, run_dir, step, sets)
+        paths = {"brackets": record_path(run_dir, step), "first_order": first_order_path(run_dir, step)}
+        todo = [k for k, path in paths.items() if not (path.exists() and storage.read_metadata(path).get("key") == key)]
+        if not todo:
+            continue
+        model = load_checkpoint(run_dir, step, profile)
+        tensors = {"brackets": {}, "first_order": {}}
+        for s in sets:
+            for stratum, examples in s.bracket.items():
+                inputs = fixed_inputs(dataclasses.replace(profile, bracket_examples=len(examples),
+                                                          pushforward_batch=len(s.pushforward)),
+                                      (test.images, test.attributes), example_indices=examples,
+                                      batch_indices=s.pushforward)
+                name = f"{s.number}|{stratum}"       # strata names hold "/"
+                if "brackets" in todo:               # brackets only: no per-attribute baselines
+                    record = analyse_checkpoint(model, loss_fn, *inputs)
+                    tensors["brackets"][f"{name}|logit_perturbation"] = record["logit_perturbation"]
+                    tensors["brackets"][f"{s.number}|batch_logits"] = record["batch_logits"]
+                if "first_order" in todo:
+                    tensors["first_order"][f"{name}|gradient_pushforward"] = \
+                        gradient_pushforward(model, loss_fn, *inputs).per_example
+        for part in todo:
+            storage.atomic_save_tensors(paths[part], tensors[part], metadata={"key": key, "step": str(step)})
+
+
+def train_study_runs(profile: Profile, run_dir, *, shard=(0, 1), progress: bool = True) -> dict:
+    """Train (or resume, or skip) and analyse every run of the study in `run_dir`/study, or the runs k::n of
+    shard (k, n) (two processes on two cores: `python -m lie_helpers.study --shard 0/2` and `1/2`).
+    Returns seconds per (arm, seed)."""
+    sets, test = study_sets(profile)
+    runs = [SideRun(arm.name, seed, arm_profile(profile, arm, seed), arm_run_dir(run_dir, arm, seed))
+            for arm, seed in study_runs(profile, shard)]
+
+    def same_test_images(run: SideRun, splits: dict) -> None:
+        if splits["test"].filenames != test.filenames:
+            raise ValueError(f"Arm {run.name!r}: its test split has other images than the banded split; the study "
+                             "compares arms on the same images.")
+
+    def analyse(run: SideRun, splits: dict, progress: bool) -> None:
+        analyse_study_run(run.profile, run.run_dir, sets[run.seed], splits["test"])
+
+    return train_runs(tqdm(runs, desc="study runs", disable=not progress), analyse, check=same_test_images,
+                      progress=False)
