@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from lie_helpers.analysis import baselines
+from lie_helpers.analysis import first_order
 from lie_helpers.analysis.records import analyse_checkpoint
 from lie_helpers.engine.brackets import bracket_matrix
 from lie_helpers.training.config import get_profile
@@ -62,16 +62,16 @@ def main(argv=None) -> dict:
     batch_targets = (torch.rand(profile.pushforward_batch, n_out, generator=g) > 0.5).float()
 
     parts = {
-        "gradient_pushforward": lambda: baselines.gradient_pushforward(model, loss_fn, examples, targets, batch),
-        "per_attribute_loss": lambda: baselines.per_attribute_loss(model, loss_fn, batch, batch_targets),
-        "attribute_gradient_gram": lambda: baselines.attribute_gradient_gram(model, loss_fn, batch, batch_targets),
+        "gradient_pushforward": lambda: first_order.gradient_pushforward(model, loss_fn, examples, targets, batch),
+        "per_attribute_loss": lambda: first_order.per_attribute_loss(model, loss_fn, batch, batch_targets),
+        "attribute_gradient_gram": lambda: first_order.attribute_gradient_gram(model, loss_fn, batch, batch_targets),
         f"ggn_trace_per_output ({args.ggn_samples} samples)":
-            lambda: baselines.ggn_trace_per_output(model, loss_fn, batch, samples=args.ggn_samples),
+            lambda: first_order.ggn_trace_per_output(model, loss_fn, batch, samples=args.ggn_samples),
     }
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.profile} profile: mxresnet{profile.depth} width {profile.width}, {size}px, {n_params:,} parameters; "
           f"{profile.bracket_examples} examples, batch {profile.pushforward_batch}")
-    ggn = baselines.ggn_trace_per_output(model, loss_fn, batch, samples=args.ggn_samples)
+    ggn = first_order.ggn_trace_per_output(model, loss_fn, batch, samples=args.ggn_samples)
     print(f"GGN trace with {args.ggn_samples} samples: relative standard error "
           f"{(ggn.standard_error / ggn.value).median():.3f} (median over outputs), "
           f"{(ggn.standard_error / ggn.value).max():.3f} (largest)")

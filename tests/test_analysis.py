@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import lie_helpers as lh
-from lie_helpers.analysis import records as analysis, baselines
+from lie_helpers.analysis import records as analysis, first_order
 from lie_helpers.training import storage
 from lie_helpers.training.config import get_profile, run_paths
 from lie_helpers.training.losses import get_loss
@@ -60,10 +60,10 @@ def test_records_hold_the_first_order_baselines(trained):
     assert torch.equal(result.batch_targets[0], test[1][:5].float())
     model, loss_fn = load_checkpoint(run_dir, 4, profile), get_loss(profile.loss)
     examples, targets, batch = analysis.fixed_inputs(profile, test)
-    expected = baselines.gradient_pushforward(model, loss_fn, examples, targets, batch).per_example
+    expected = first_order.gradient_pushforward(model, loss_fn, examples, targets, batch).per_example
     torch.testing.assert_close(result.gradient_pushforward[2], expected)
-    torch.testing.assert_close(result.attribute_loss[2], baselines.per_attribute_loss(model, loss_fn, batch, test[1][:5].float()))
-    ggn = baselines.ggn_trace_per_output(model, loss_fn, batch, samples=analysis.GGN_SAMPLES).value.float()
+    torch.testing.assert_close(result.attribute_loss[2], first_order.per_attribute_loss(model, loss_fn, batch, test[1][:5].float()))
+    ggn = first_order.ggn_trace_per_output(model, loss_fn, batch, samples=analysis.GGN_SAMPLES).value.float()
     torch.testing.assert_close(result.ggn_trace[2], ggn)
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lie_helpers.analysis import baselines
+from lie_helpers.analysis import first_order, rms_law
 from lie_helpers.engine.brackets import BracketMatrix
 from lie_helpers.training.losses import CategoricalHair, IndependentBCE
 
@@ -68,7 +68,7 @@ def setup():
 
 def test_gradient_pushforward_matches_explicit_jacobian_and_finite_differences(setup):
     model, reference, examples, targets, batch, _ = setup
-    result = baselines.gradient_pushforward(model, loss_fn, examples, targets, batch)
+    result = first_order.gradient_pushforward(model, loss_fn, examples, targets, batch)
     jacobian = explicit_jacobian(reference, batch).reshape(-1, sum(p.numel() for p in reference.parameters()))
     fields = [-flat_gradient(reference, loss_fn(reference(examples[i:i + 1]), targets[i:i + 1])) for i in range(4)]
     expected = torch.stack([(jacobian @ v).reshape(5, N_OUT) for v in fields])
@@ -92,7 +92,7 @@ def test_gradient_pushforward_matches_explicit_jacobian_and_finite_differences(s
 
 def test_per_attribute_loss_is_each_columns_bce_and_averages_to_the_loss(setup):
     model, reference, _, _, batch, batch_targets = setup
-    got = baselines.per_attribute_loss(model, loss_fn, batch, batch_targets)
+    got = first_order.per_attribute_loss(model, loss_fn, batch, batch_targets)
     logits = reference(batch).detach()
     expected = torch.stack([loss_fn(logits[:, k:k + 1], batch_targets[:, k:k + 1]) for k in range(N_OUT)])
     torch.testing.assert_close(got, expected, rtol=1e-13, atol=0)
@@ -101,14 +101,14 @@ def test_per_attribute_loss_is_each_columns_bce_and_averages_to_the_loss(setup):
 
 def test_attribute_gradients_norms_and_conflict_match_plain_autograd(setup):
     model, reference, _, _, batch, batch_targets = setup
-    gram = baselines.attribute_gradient_gram(model, loss_fn, batch, batch_targets)
+    gram = first_order.attribute_gradient_gram(model, loss_fn, batch, batch_targets)
     own = torch.stack([flat_gradient(reference, F.binary_cross_entropy_with_logits(reference(batch)[:, k],
                                                                                    batch_targets[:, k]))
                        for k in range(N_OUT)])
     torch.testing.assert_close(gram, own @ own.T, rtol=1e-10, atol=1e-14)
-    torch.testing.assert_close(baselines.attribute_gradient_norms(gram), own.norm(dim=1), rtol=1e-10, atol=0)
+    torch.testing.assert_close(first_order.attribute_gradient_norms(gram), own.norm(dim=1), rtol=1e-10, atol=0)
 
-    conflict = baselines.gradient_conflict(gram)
+    conflict = first_order.gradient_conflict(gram)
     for k in range(N_OUT):
         for m in range(N_OUT):
             assert float(conflict.cosine[k, m]) == pytest.approx(float(F.cosine_similarity(own[k], own[m], dim=0)),
@@ -123,21 +123,21 @@ def test_ggn_trace_per_output_estimates_the_explicit_jacobians_trace(setup):
     p = torch.sigmoid(reference(batch)).detach()
     ggn = [jacobian[:, k].T @ torch.diag(p[:, k] * (1 - p[:, k])) @ jacobian[:, k] for k in range(N_OUT)]
     exact = torch.stack([g.trace() for g in ggn])
-    estimate = baselines.ggn_trace_per_output(model, loss_fn, batch, samples=4000, seed=3)
+    estimate = first_order.ggn_trace_per_output(model, loss_fn, batch, samples=4000, seed=3)
     z = (estimate.value - exact) / estimate.standard_error
     assert z.abs().max() < 4, z
     assert (estimate.standard_error / exact).max() < 0.05  # the estimate is informative, not just wide
-    again = baselines.ggn_trace_per_output(model, loss_fn, batch, samples=4000, seed=3)
+    again = first_order.ggn_trace_per_output(model, loss_fn, batch, samples=4000, seed=3)
     assert torch.equal(again.value, estimate.value)
 
 
 def test_per_attribute_baselines_refuse_the_categorical_loss(setup):
     model, _, _, _, batch, batch_targets = setup
-    for fn in (baselines.per_attribute_loss, baselines.attribute_gradient_gram):
+    for fn in (first_order.per_attribute_loss, first_order.attribute_gradient_gram):
         with pytest.raises(ValueError, match="IndependentBCE"):
             fn(model, CategoricalHair(), batch, batch_targets)
     with pytest.raises(ValueError, match="IndependentBCE"):
-        baselines.ggn_trace_per_output(model, CategoricalHair(), batch)
+        first_order.ggn_trace_per_output(model, CategoricalHair(), batch)
 
 
 def test_calibration_error_matches_a_loop_over_bins():
@@ -145,7 +145,7 @@ def test_calibration_error_matches_a_loop_over_bins():
     p = torch.rand(200, 4, generator=g, dtype=DTYPE)
     p[0, 0] = 1.0  # the right edge belongs to the last bin
     labels = (torch.rand(200, 4, generator=g, dtype=DTYPE) < p ** 2).to(DTYPE)
-    got = baselines.calibration_error(p, labels, bins=7)
+    got = first_order.calibration_error(p, labels, bins=7)
     for k in range(4):
         edges = np.linspace(0, 1, 8)
         total = 0.0
@@ -154,16 +154,16 @@ def test_calibration_error_matches_a_loop_over_bins():
             if inside.any():
                 total += inside.sum().item() / 200 * abs(labels[inside, k].mean().item() - p[inside, k].mean().item())
         assert float(got[k]) == pytest.approx(total, rel=1e-12)
-    assert float(baselines.calibration_error(torch.full((4, 1), 0.5), torch.tensor([[0.], [1.], [1.], [0.]]))[0]) == 0
+    assert float(first_order.calibration_error(torch.full((4, 1), 0.5), torch.tensor([[0.], [1.], [1.], [0.]]))[0]) == 0
     with pytest.raises(ValueError, match="logits"):
-        baselines.calibration_error(p * 3 - 1, labels)
+        first_order.calibration_error(p * 3 - 1, labels)
 
 
 def test_rank_agreement_is_spearman_per_checkpoint():
     rng = np.random.default_rng(0)
     a = rng.random((3, 40))
     b = np.stack([a[0] ** 3, -a[1], rng.random(40)])
-    rho = baselines.rank_agreement(a, b)
+    rho = first_order.rank_agreement(a, b)
     assert rho.shape == (3,)
     assert rho[0] == pytest.approx(1) and rho[1] == pytest.approx(-1)
     assert rho[2] == pytest.approx(scipy.stats.spearmanr(a[2], b[2]).statistic)
@@ -175,7 +175,7 @@ def test_bracket_residual_finds_outputs_the_gradient_does_not_predict():
     planted = np.zeros(40)
     planted[[7, 11]] = -0.8  # two outputs (say the hair colours) smaller than the gradient predicts
     bracket = 5 * jg * 10 ** (planted + 0.02 * rng.normal(size=40))
-    fit = baselines.bracket_residual(bracket, jg)
+    fit = first_order.bracket_residual(bracket, jg)
     line = scipy.stats.linregress(np.log10(jg), np.log10(bracket))
     assert fit.slope == pytest.approx(line.slope) and fit.r_squared == pytest.approx(line.rvalue ** 2)
     assert set(np.argsort(fit.residual)[:2]) == {7, 11}
@@ -185,7 +185,7 @@ def test_third_example_null_pairs_each_third_example_with_the_pairs_geometric_me
     rng = np.random.default_rng(2)
     g = 10 ** rng.normal(size=(2, 5, 6))  # [checkpoints, examples, tensors]
     pairs = BracketMatrix(5).pairs
-    x, y = baselines.third_example_null(g, pairs)
+    x, y = rms_law.third_example_null(g, pairs)
     assert x.shape == y.shape == (2, len(pairs), 3, 6)
     for c in range(2):
         for p, (i, j) in enumerate(pairs):
@@ -197,7 +197,7 @@ def test_third_example_null_pairs_each_third_example_with_the_pairs_geometric_me
 def test_within_tensor_demeans_logs_per_tensor_and_drops_zeros():
     x = np.array([1.0, 10.0, 100.0, 1000.0, 0.0])
     y = np.array([2.0, 20.0, 5.0, 50.0, 3.0])
-    lx, ly = baselines.within_tensor(x, y, [0, 0, 1, 1, 1])
+    lx, ly = rms_law.within_tensor(x, y, [0, 0, 1, 1, 1])
     np.testing.assert_allclose(lx, [-0.5, 0.5, -0.5, 0.5])
     np.testing.assert_allclose(ly, [-0.5, 0.5, -0.5, 0.5])
 
@@ -211,7 +211,7 @@ def noisy_line(rng, groups=15, tensors=20, slope=1.0, noise=0.5, offsets=None):
 
 def test_noise_in_x_attenuates_least_squares_but_not_rma_or_tls():
     x, y = noisy_line(np.random.default_rng(3), groups=40, tensors=50)  # OLS expects 1 / (1 + 0.5²) = 0.8
-    ols, rma, tls = (baselines.slope_fit(x, y, method=m, n_resamples=199) for m in ("ols", "rma", "tls"))
+    ols, rma, tls = (rms_law.slope_fit(x, y, method=m, n_resamples=199) for m in ("ols", "rma", "tls"))
     assert ols.slope < 0.85 and ols.high < 0.9
     for fit in (rma, tls):
         assert fit.slope == pytest.approx(1, abs=0.05) and fit.low < 1 < fit.high
@@ -222,8 +222,8 @@ def test_within_tensor_fit_removes_the_shared_per_tensor_scale():
     rng = np.random.default_rng(4)
     offsets = 3 * rng.normal(size=20)  # per-tensor scale shared by x and y: slope 1 across tensors
     x, y = noisy_line(rng, slope=1.6, noise=0.1, offsets=offsets)
-    assert baselines.slope_fit(x, y, method="rma").slope == pytest.approx(1, abs=0.15)
-    assert baselines.slope_fit(x, y, within=True, method="rma").slope == pytest.approx(1.6, abs=0.1)
+    assert rms_law.slope_fit(x, y, method="rma").slope == pytest.approx(1, abs=0.15)
+    assert rms_law.slope_fit(x, y, within=True, method="rma").slope == pytest.approx(1.6, abs=0.1)
 
 
 def test_bootstrap_interval_over_pairs_covers_the_true_slope():
@@ -233,7 +233,7 @@ def test_bootstrap_interval_over_pairs_covers_the_true_slope():
     covered = 0
     for replicate in range(200):
         x, y = noisy_line(rng, groups=15, tensors=10, noise=0.3)
-        fit = baselines.slope_fit(x, y, method="rma", n_resamples=299, seed=replicate)
+        fit = rms_law.slope_fit(x, y, method="rma", n_resamples=299, seed=replicate)
         covered += fit.low <= 1 <= fit.high
     assert 0.88 <= covered / 200 <= 0.99, covered
 
@@ -241,7 +241,7 @@ def test_bootstrap_interval_over_pairs_covers_the_true_slope():
 def synthetic_records(planted: float, seed: int = 0, n_steps: int = 4, outputs: int = 12):
     """Records whose bracket magnitude per output is J·g's times noise, and `planted`× more for output 0."""
     from lie_helpers.analysis.records import RunBrackets
-    from lie_helpers.analysis.summaries import paired_gradient_rms
+    from lie_helpers.analysis.rms_law import paired_gradient_rms
     g = torch.Generator().manual_seed(seed)
     pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
     scale = torch.exp(torch.randn(outputs, generator=g))
@@ -262,14 +262,14 @@ def synthetic_records(planted: float, seed: int = 0, n_steps: int = 4, outputs: 
 
 def test_a_planted_bracket_excess_is_told_from_a_gradient_finding():
     names = [f"a{k}" for k in range(12)]
-    plain = baselines.compare_with_first_order(synthetic_records(1.0), names, ("a0",))
+    plain = first_order.compare_with_first_order(synthetic_records(1.0), names, ("a0",))
     assert np.all(plain.rho["J·g (first order)"] > 0.8), plain.rho
-    assert "a bracket finding" not in baselines.describe_first_order(plain, names)
-    below = baselines.compare_with_first_order(synthetic_records(1 / 30), names, ("a0",))
-    assert "below the first-order prediction" in baselines.describe_first_order(below, names)
-    planted = baselines.compare_with_first_order(synthetic_records(30.0), names, ("a0",))
+    assert "a bracket finding" not in first_order.describe_first_order(plain, names)
+    below = first_order.compare_with_first_order(synthetic_records(1 / 30), names, ("a0",))
+    assert "below the first-order prediction" in first_order.describe_first_order(below, names)
+    planted = first_order.compare_with_first_order(synthetic_records(30.0), names, ("a0",))
     assert np.all(planted.residual_rank[:, 0] == 1) and np.all(planted.bracket_rank[:, 0] == 1)
-    assert "a bracket finding: it stands out beyond what J·g predicts" in baselines.describe_first_order(planted, names)
+    assert "a bracket finding: it stands out beyond what J·g predicts" in first_order.describe_first_order(planted, names)
     # The rank agreement is scipy's Spearman on the same magnitudes.
     from lie_helpers.analysis.summaries import attribute_magnitude
     records = synthetic_records(1.0)
@@ -281,11 +281,11 @@ def test_a_planted_bracket_excess_is_told_from_a_gradient_finding():
 def test_rms_null_tells_a_within_tensor_law_from_shared_scale():
     """Brackets exactly proportional to their pair's gradients: r = 1 within tensors, the null much lower."""
     records = synthetic_records(1.0)
-    fits = baselines.rms_law_with_null(records, [0, 1])
+    fits = rms_law.rms_law_with_null(records, [0, 1])
     for fit in fits.values():
         assert fit.within.r == pytest.approx(1.0) and fit.bracket.slope == pytest.approx(1.0)
         assert fit.within_p < 0.05 and fit.within_null_r < 0.3
-    assert "a pair whose gradients are larger on a tensor has a larger bracket" in baselines.describe_rms_null(fits)
+    assert "a pair whose gradients are larger on a tensor has a larger bracket" in rms_law.describe_rms_null(fits)
 
 
 PAIRS6 = [(i, j) for i in range(6) for j in range(i + 1, 6)]
@@ -305,9 +305,9 @@ def example_level(rng, tensors=10, related=False):
 def test_the_example_permutation_null_holds_its_level_and_finds_a_relation():
     """Unrelated within tensors: rejections at 5% stay near 5% (shuffling pairs freely gave 13%); related: found."""
     rng = np.random.default_rng(0)
-    rejections = sum(baselines.within_tensor_permutation(*example_level(rng), PAIRS6)[0] < 0.05 for _ in range(40))
+    rejections = sum(rms_law.within_tensor_permutation(*example_level(rng), PAIRS6)[0] < 0.05 for _ in range(40))
     assert rejections <= 5, rejections            # 40 × 5% = 2 expected; P(more than 5) < 2% under the null
-    p, null_r = baselines.within_tensor_permutation(*example_level(rng, related=True), PAIRS6)
+    p, null_r = rms_law.within_tensor_permutation(*example_level(rng, related=True), PAIRS6)
     assert p < 0.01 and abs(null_r) < 0.15
 
 
@@ -322,7 +322,7 @@ def test_the_jackknife_over_examples_covers_at_its_level():
         b, a = rng.normal(0, 0.5, (6, 10)), rng.normal(0, 0.5, (6, 10))
         lx = np.array([scale + (b[i] + b[j]) / 2 for i, j in PAIRS6])
         ly = lx + np.array([(a[i] + a[j]) / 2 for i, j in PAIRS6]) + rng.normal(0, 0.1, (15, 10))
-        fit = baselines.slope_fit(10 ** lx, 10 ** ly, method="rma", pairs=PAIRS6)
+        fit = rms_law.slope_fit(10 ** lx, 10 ** ly, method="rma", pairs=PAIRS6)
         covered += fit.low <= truth <= fit.high
     assert fit.interval == "jackknife-t over examples"
     assert 0.88 <= covered / 150 <= 1.0, covered
@@ -332,16 +332,16 @@ def test_the_third_example_null_is_anti_correlated_within_tensors():
     """r = −1/√10 whatever the data: no within-tensor null (the permutation test is)."""
     g = np.random.default_rng(0)
     gradient_rms = np.exp(g.normal(size=(6, 20)))
-    nx, ny = baselines.third_example_null(gradient_rms, PAIRS6)
+    nx, ny = rms_law.third_example_null(gradient_rms, PAIRS6)
     ids = np.broadcast_to(np.arange(20), nx.shape)
-    assert np.corrcoef(*baselines.within_tensor(nx, ny, ids))[0, 1] == pytest.approx(-1 / np.sqrt(10))
+    assert np.corrcoef(*rms_law.within_tensor(nx, ny, ids))[0, 1] == pytest.approx(-1 / np.sqrt(10))
 
 
 def test_records_without_baselines_are_refused():
     records = synthetic_records(1.0)
     records.gradient_pushforward = None
     with pytest.raises(ValueError, match="rerun the bracket analysis"):
-        baselines.compare_with_first_order(records, [f"a{k}" for k in range(12)], ("a0",))
+        first_order.compare_with_first_order(records, [f"a{k}" for k in range(12)], ("a0",))
 
 
 def test_the_first_order_figure_draws_every_baseline():
@@ -349,8 +349,8 @@ def test_the_first_order_figure_draws_every_baseline():
     matplotlib.use("Agg")
     from lie_helpers.figures import bracket_figures
     records, names = synthetic_records(1.0), [f"a{k}" for k in range(12)]
-    comparison = baselines.compare_with_first_order(records, names, ("a0", "a1"))
-    fig = bracket_figures.plot_first_order(comparison, baselines.rms_law_with_null(records, [0, 1]))
+    comparison = first_order.compare_with_first_order(records, names, ("a0", "a1"))
+    fig = bracket_figures.plot_first_order(comparison, rms_law.rms_law_with_null(records, [0, 1]))
     left, middle, right = fig.axes
     assert len(left.get_lines()) >= len(comparison.rho) and len(middle.get_lines()) >= 6
     assert [t.get_text() for t in right.get_xticklabels()] == ["50", "100"]

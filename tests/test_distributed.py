@@ -136,8 +136,8 @@ def test_one_process_group_of_one_is_analyse_run(run, tmp_path):
     torch.set_num_threads(1)
     try:
         with pytest.raises(ValueError, match="trained on data data-a"):
-            distributed.analyse_run(profile, test, run_dir=tmp_path / "run", fingerprint="data-b", device="cpu")
-        computed = distributed.analyse_run(profile, test, run_dir=tmp_path / "run", fingerprint="data-a",
+            distributed.analyse_run_distributed(profile, test, run_dir=tmp_path / "run", fingerprint="data-b", device="cpu")
+        computed = distributed.analyse_run_distributed(profile, test, run_dir=tmp_path / "run", fingerprint="data-a",
                                            device="cpu", progress=False)
     finally:
         torch.set_num_threads(threads)

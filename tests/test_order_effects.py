@@ -157,7 +157,7 @@ def test_measured_run_on_a_trained_checkpoint(run):
     assert all(np.isfinite(v).all() for v in table.values())
     assert (table["buffers_ratio"] > 0).all()
     assert (table["sgd_cosine"] > 0.5).all()
-    text = O.describe(table)
+    text = O.describe_swaps(table)
     assert "steps [4]" in text and "nan" not in text
     with pytest.raises(ValueError, match="swap_checkpoints"):
         O.measure_run(get_profile("ci", swap_checkpoints=0), run, TRAIN, fixed, ambiguous)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from lie_helpers.analysis import summaries
+from lie_helpers.analysis import rms_law, summaries
+from lie_helpers.engine import numerics
 from lie_helpers.analysis.records import RunBrackets
 from lie_helpers.data.attributes import ATTRIBUTES
 
@@ -19,7 +20,7 @@ def synthetic_records(slope=1.0, n_examples=4, n_tensors=12, batch=8, seed=0, ha
     g = torch.Generator().manual_seed(seed)
     pairs = [(i, j) for i in range(n_examples) for j in range(i + 1, n_examples)]
     gradient_rms = 10 ** (-4 * torch.rand(len(STEPS), n_examples, n_tensors, generator=g, dtype=torch.float64))
-    bracket_rms = 3 * summaries.paired_gradient_rms(gradient_rms, pairs) ** slope
+    bracket_rms = 3 * rms_law.paired_gradient_rms(gradient_rms, pairs) ** slope
     scale = 10 ** torch.arange(len(STEPS), dtype=torch.float64).view(-1, 1, 1, 1)  # heavy tail across checkpoints
     perturbation = torch.randn(len(STEPS), len(pairs), batch, len(ATTRIBUTES), generator=g, dtype=torch.float64) * scale
     hair = [ATTRIBUTES.index(h) for h in HAIR]
@@ -35,19 +36,19 @@ def test_loglog_fit_recovers_a_known_power_law_and_skips_zeros():
     x = 10 ** rng.uniform(-5, 0, 500)
     y = 2.0 * x**1.5 * 10 ** rng.normal(0, 0.05, 500)
     x[:7] = 0.0
-    fit = summaries.loglog_fit(x, y)
+    fit = numerics.loglog_fit(x, y)
     assert fit.slope == pytest.approx(1.5, abs=0.01)
     assert 10**fit.intercept == pytest.approx(2.0, rel=0.05)
     assert 0.99 < fit.r < 1.0
     assert fit.residual_sd == pytest.approx(0.05, rel=0.15)
     assert (fit.n_points, fit.n_dropped) == (493, 7)
     with pytest.raises(ValueError, match="at least 3"):
-        summaries.loglog_fit([1.0, 0.0, 2.0], [1.0, 1.0, 0.0])
+        numerics.loglog_fit([1.0, 0.0, 2.0], [1.0, 1.0, 0.0])
 
 
 def test_paired_gradient_rms_is_the_geometric_mean_of_the_two_examples():
     gradient_rms = torch.tensor([[1.0, 4.0], [4.0, 9.0], [16.0, 1.0]])
-    paired = summaries.paired_gradient_rms(gradient_rms, [(0, 1), (0, 2), (1, 2)])
+    paired = rms_law.paired_gradient_rms(gradient_rms, [(0, 1), (0, 2), (1, 2)])
     torch.testing.assert_close(paired, torch.tensor([[2.0, 6.0], [4.0, 2.0], [8.0, 3.0]]))
 
 
@@ -55,7 +56,7 @@ def test_paired_gradient_rms_is_the_geometric_mean_of_the_two_examples():
 @pytest.mark.parametrize("average_pairs", [False, True])
 def test_rms_fits_recover_the_planted_slope(slope, average_pairs):
     records = synthetic_records(slope=slope)
-    fits = summaries.rms_fits(records, [1, 5], average_pairs=average_pairs)
+    fits = rms_law.rms_fits(records, [1, 5], average_pairs=average_pairs)
     assert list(fits) == [50, 250]
     for fit in fits.values():
         assert fit.slope == pytest.approx(slope, abs=1e-4)
@@ -68,9 +69,9 @@ def test_rms_fits_recover_the_planted_slope(slope, average_pairs):
 def test_rms_points_leave_out_zero_gradients_when_averaging():
     records = synthetic_records()
     records.gradient_rms[2, :, 0] = 0.0   # a tensor whose gradient vanishes for every example
-    x, y = summaries.rms_points(records, 2, average_pairs=True)
+    x, y = rms_law.rms_points(records, 2, average_pairs=True)
     assert x[0] == 0.0 and np.all(x[1:] > 0)
-    assert summaries.loglog_fit(x, y).n_dropped == 1
+    assert numerics.loglog_fit(x, y).n_dropped == 1
 
 
 def test_spread_checkpoints():

@@ -43,10 +43,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from ..engine.brackets import gradient, hvp, lie_bracket, pushforward, swap_difference
-from ..training.config import Profile
-from ..training.train import epoch_order, load_training_state
+from ..engine.numerics import cosine, rms
+from ..training.config import Profile, swap_steps
+from ..training.losses import get_loss
+from ..training.train import epoch_order, load_training_state, prepare_inputs
 
 PREDICTIONS = ("bracket", "gradient", "adam_frozen", "adam_aware")
 LR_SCALE = 0.25   # the second learning rate, as a fraction of the training one, for the order in lr
@@ -180,15 +183,6 @@ def logits_at(model_eval, state: dict, inputs, *, own_buffers: bool = False) -> 
         return functional_call(model_eval, tensors, (inputs,))
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    return float(a @ b / (a.norm() * b.norm()))
-
-
-def rms(a: torch.Tensor) -> float:
-    return float(a.double().pow(2).mean().sqrt())
-
-
 @dataclass
 class Swap:
     """One measured swap (see the module docstring); every array is over the fixed batch's logits."""
@@ -245,11 +239,6 @@ def measure_run(profile: Profile, run_dir, train_data, fixed_batch: torch.Tensor
     """Real swaps at `steps` (default config.swap_steps), `per_kind` pairs with many and with few ambiguous
     images at each (choose_pairs). train_data: (uint8 images, attributes) of the training split;
     fixed_batch: the prepared pushforward batch (analysis.fixed_inputs)."""
-    from tqdm.auto import tqdm
-    from ..training.config import swap_steps
-    from ..training.losses import get_loss
-    from ..training.train import prepare_inputs
-
     steps = swap_steps(profile) if steps is None else list(steps)
     if not steps:
         raise ValueError(f"Profile {profile.name!r} measures no swaps (swap_checkpoints={profile.swap_checkpoints}, "
@@ -305,7 +294,7 @@ def summarise(swaps: list[Swap]) -> dict:
     return {key: np.array([r[key] for r in rows]) for key in rows[0]}
 
 
-def describe(table: dict) -> str:
+def describe_swaps(table: dict) -> str:
     """A plain-language paragraph generated from `summarise`'s table: do brackets predict real swaps here?"""
     med = {k: float(np.median(v)) for k, v in table.items()}
     lo = {k: float(np.min(v)) for k, v in table.items()}

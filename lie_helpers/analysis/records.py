@@ -10,7 +10,7 @@ BatchNorm in eval mode, through `bracket_matrix`, reduced on the fly to
     batch_logits        [batch, outputs]        the outputs themselves (for probabilities)
 
 and, for the independent loss, what one gradient step already predicts for the same examples
-and batch (lie_helpers.baselines; the nulls a bracket finding is measured against):
+and batch (lie_helpers.analysis.first_order; the nulls a bracket finding is measured against):
 
     gradient_pushforward  [N, batch, outputs]     J·v_i: each example's SGD field pushed onto the batch
     attribute_loss        [outputs]               each attribute's loss on the batch
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import baselines
+from . import first_order
 from ..training import run_folder, storage
 from ..engine.brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, bracket_mode, checked_pairs_per_call,
                        parameters_of, pushforward, rms_per_tensor)
@@ -138,11 +138,11 @@ def checkpoint_record(model, loss_fn, examples, targets, batch, matrix: BracketM
     }
     if batch_targets is not None and isinstance(loss_fn, IndependentBCE):
         record.update({
-            "gradient_pushforward": baselines.gradient_pushforward(model, loss_fn, examples, targets,
+            "gradient_pushforward": first_order.gradient_pushforward(model, loss_fn, examples, targets,
                                                                    batch).per_example.cpu(),
-            "attribute_loss": baselines.per_attribute_loss(model, loss_fn, batch, batch_targets).cpu(),
-            "attribute_gradient_gram": baselines.attribute_gradient_gram(model, loss_fn, batch, batch_targets).cpu(),
-            "ggn_trace": baselines.ggn_trace_per_output(model, loss_fn, batch, samples=GGN_SAMPLES).value.float().cpu(),
+            "attribute_loss": first_order.per_attribute_loss(model, loss_fn, batch, batch_targets).cpu(),
+            "attribute_gradient_gram": first_order.attribute_gradient_gram(model, loss_fn, batch, batch_targets).cpu(),
+            "ggn_trace": first_order.ggn_trace_per_output(model, loss_fn, batch, samples=GGN_SAMPLES).value.float().cpu(),
             "batch_targets": batch_targets.cpu(),
         })
     if matrix.brackets[matrix.pairs[0]][2] is not None:

@@ -1,15 +1,9 @@
-"""Numbers behind the bracket figures (notebook 03), computed from stored records (`analysis.RunBrackets`).
+"""The write-up's hair finding, from stored records (`records.RunBrackets`): which attributes brackets perturb.
 
-Two findings of the write-up are checked here:
-
-* RMS law: per parameter tensor, RMS of the bracket ∝ RMS of the gradient. A bracket
-  [v_i, v_j] = H_j g_i − H_i g_j involves both examples' gradients, so it is paired with
-  their geometric mean, sqrt(rms(g_i) · rms(g_j)), tensor by tensor. The fit is least
-  squares on log10 values; a slope of 1 means proportionality.
-* Hair attributes: after some step, Black_Hair and Brown_Hair logits are perturbed more
-  than the others. Bracket magnitudes are heavy-tailed across checkpoints (docs/design.md §5),
-  so attributes are only compared within one checkpoint: ranks among all outputs and
-  ratios to the median output.
+After some step, Black_Hair and Brown_Hair logits are perturbed more than the others. Bracket
+magnitudes are heavy-tailed across checkpoints (docs/design.md §5), so attributes are only compared
+within one checkpoint: ranks among all outputs and ratios to the median output. (The RMS law lives in
+lie_helpers.analysis.rms_law.)
 """
 from __future__ import annotations
 
@@ -17,66 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-
-# ----------------------------------------------------------------------------- RMS law
-
-@dataclass(frozen=True)
-class LogLogFit:
-    """log10(y) = slope · log10(x) + intercept, fitted by least squares; r is the correlation of the logs."""
-    slope: float
-    intercept: float
-    r: float
-    residual_sd: float  # standard deviation of the log10 residuals: the scatter is a factor of 10**residual_sd
-    n_points: int
-    n_dropped: int   # points with a zero (or non-finite) x or y: no logarithm
-
-
-def loglog_fit(x, y) -> LogLogFit:
-    """Least-squares line through (log10 x, log10 y), skipping points that have no logarithm."""
-    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    lx, ly = np.log10(x[keep]), np.log10(y[keep])
-    if keep.sum() < 3:
-        raise ValueError(f"A log-log fit needs at least 3 positive points, got {int(keep.sum())}.")
-    slope, intercept = np.polyfit(lx, ly, 1)
-    r = np.corrcoef(lx, ly)[0, 1]
-    residual_sd = np.std(ly - (slope * lx + intercept))
-    return LogLogFit(float(slope), float(intercept), float(r), float(residual_sd), int(keep.sum()), int((~keep).sum()))
-
-
-def paired_gradient_rms(gradient_rms: torch.Tensor, pairs) -> torch.Tensor:
-    """[..., examples, tensors] -> [..., pairs, tensors]: sqrt(rms(g_i) · rms(g_j)) for each pair (i, j)."""
-    first = torch.tensor([i for i, _ in pairs])
-    second = torch.tensor([j for _, j in pairs])
-    return (gradient_rms[..., first, :] * gradient_rms[..., second, :]).sqrt()
-
-
-def rms_points(records, checkpoint: int, *, average_pairs: bool = False):
-    """(gradient RMS, bracket RMS) of one checkpoint (an index into records.steps), as flat numpy arrays.
-
-    One point per (pair, tensor); with average_pairs, one point per tensor: the geometric
-    means over pairs of both quantities (the log-log fit then sees the average of the logs).
-    """
-    x = paired_gradient_rms(records.gradient_rms[checkpoint], records.pairs).double().numpy()
-    y = records.bracket_rms[checkpoint].double().numpy()
-    if average_pairs:
-        keep = (x > 0) & (y > 0)
-        x, y = _geometric_mean_over_pairs(x, keep), _geometric_mean_over_pairs(y, keep)
-    return x.ravel(), y.ravel()
-
-
-def _geometric_mean_over_pairs(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """[pairs, tensors] -> [tensors], over the entries in `keep` (0 for a tensor with none)."""
-    logs = np.log(np.where(keep, values, 1.0))
-    count = keep.sum(0)
-    return np.where(count > 0, np.exp(logs.sum(0) / np.maximum(count, 1)), 0.0)
-
-
-def rms_fits(records, checkpoints, *, average_pairs: bool = False) -> dict[int, LogLogFit]:
-    """{step: fit of log bracket RMS on log gradient RMS} for the given checkpoint indices."""
-    return {records.steps[c]: loglog_fit(*rms_points(records, c, average_pairs=average_pairs)) for c in checkpoints}
-
 
 def spread_checkpoints(steps, n: int, *, skip_initial: bool = True) -> list[int]:
     """Indices of n checkpoints evenly spread over training, the last one included.
@@ -87,8 +21,6 @@ def spread_checkpoints(steps, n: int, *, skip_initial: bool = True) -> list[int]
     first = 1 if skip_initial and steps[0] == 0 and len(steps) > 1 else 0
     return sorted(set(np.linspace(first, len(steps) - 1, min(n, len(steps) - first)).round().astype(int).tolist()))
 
-
-# ----------------------------------------------------------------------------- attributes
 
 def attribute_magnitude(logit_perturbation: torch.Tensor) -> torch.Tensor:
     """[checkpoints, pairs, batch, outputs] -> [checkpoints, outputs]: mean |logit perturbation| over pairs and batch."""

@@ -28,13 +28,8 @@ from torch import nn
 from torch.func import grad
 
 from ..engine import toy
+from ..engine.numerics import cosine
 from ..engine.brackets import bracket_matrix, bracket_mode, example_loss, field_norm, parameters_of
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """⟨a, b⟩ / (‖a‖‖b‖) over all entries."""
-    a, b = a.double().flatten(), b.double().flatten()
-    return float(a @ b / (a.norm() * b.norm()))
 
 
 # ----------------------------------------------------------------------------- minibatches as examples

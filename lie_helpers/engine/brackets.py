@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
+from .numerics import tf32
+
 # PyTorch's first forward-mode AD call scripts its jvp decompositions with the deprecated
 # torch.jit.script and warns about it; that is PyTorch's business, not the caller's.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
@@ -47,18 +49,6 @@ BN_MODES = ("eval", "train")
 
 
 # ----------------------------------------------------------------------------- set-up
-
-
-@contextlib.contextmanager
-def tf32_disabled():
-    """Turn TF32 off for matmuls and cuDNN convolutions (it silently drops float32 to 10 bits)."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @contextlib.contextmanager
@@ -81,7 +71,7 @@ def bracket_mode(model: nn.Module, bn_mode: str = "eval"):
             for m in batch_norms:
                 m.train()
                 m.running_mean, m.running_var, m.track_running_stats = None, None, False
-        with tf32_disabled():
+        with tf32(False):
             yield
     finally:
         for m, (mean, var, track) in zip(batch_norms, saved_stats):

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from .brackets import (axpy, field_norm, gradient, hvp, lie_bracket, parameters_of, relative_error,
                        swap_difference)
-from ..analysis.summaries import loglog_fit
+from .numerics import loglog_fit
 
 DTYPE = torch.float64
 

@@ -28,7 +28,8 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
 
-from ..analysis import summaries
+from ..analysis import rms_law, summaries
+from ..engine import numerics
 from ..data.attributes import HAIR_COLOURS
 
 HIGHLIGHT_COLOURS = ("C0", "C1", "C2", "C3")  # as plots.plot_training_curves colours its highlighted attributes
@@ -49,8 +50,8 @@ def plot_rms_loglog(records, checkpoints):
               (True, f"one point per tensor (geometric mean over {len(records.pairs)} pairs)")]
     for ax, (average_pairs, what) in zip(axes, panels):
         for colour, c in zip(plt.cm.viridis(np.linspace(0, 0.9, len(checkpoints))), checkpoints):
-            x, y = summaries.rms_points(records, c, average_pairs=average_pairs)
-            fit = summaries.loglog_fit(x, y)
+            x, y = rms_law.rms_points(records, c, average_pairs=average_pairs)
+            fit = numerics.loglog_fit(x, y)
             keep = (x > 0) & (y > 0)
             ax.scatter(x[keep], y[keep], s=6 if not average_pairs else 14, alpha=0.35 if not average_pairs else 0.8,
                        color=colour, linewidths=0)

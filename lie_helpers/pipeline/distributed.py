@@ -55,7 +55,7 @@ from ..training.storage import show
 from ..training.train import load_checkpoint
 
 
-def analyse_run(profile: Profile, test_data, *, run_dir, fingerprint: str, device, progress: bool = True,
+def analyse_run_distributed(profile: Profile, test_data, *, run_dir, fingerprint: str, device, progress: bool = True,
                 pairs_per_call: int | None = None) -> list[int]:
     """analysis.analyse_run with the checkpoints, or the pairs of each, shared among the ranks of the
     initialised process group (see the module docstring for which).
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         rank, world = dist.get_rank(), dist.get_world_size()
         if args.test_tensors is None:
             test_data, fingerprint = _profile_test_split(profile)
-        computed = analyse_run(profile, test_data, run_dir=run_dir, fingerprint=fingerprint, device=device,
+        computed = analyse_run_distributed(profile, test_data, run_dir=run_dir, fingerprint=fingerprint, device=device,
                                progress=not args.no_progress_bar, pairs_per_call=args.pairs_per_call)
         if shares_pairs(profile, args.pairs_per_call or PAIRS_PER_CALL, world):
             print(f"rank {rank} of {world} computed its share of the pairs of steps {computed}", flush=True)

@@ -68,6 +68,7 @@ from ..data.celeba import load_split
 from ..training.config import Profile, get_profile
 from ..data.generated_celeba import generate_celeba
 from ..training.losses import get_loss
+from ..engine.numerics import tf32
 from ..training.train import _save_checkpoint, build_model, evaluate, make_optimizer, prepare_inputs, train_step
 
 FORMAT = "lie_helpers.gpu_check/1"
@@ -137,7 +138,7 @@ class Context:
         return get_profile(which, width=width, image_size=image_size)
 
 
-def describe(profile: Profile) -> str:
+def describe_model(profile: Profile) -> str:
     return f"MXResNet{profile.depth} width {profile.width}, {profile.image_size} px"
 
 
@@ -174,18 +175,7 @@ def cpu_vs_cuda_float64(ctx: Context, out: dict) -> None:
         inputs, targets = random_examples(profile, ctx.size.examples, dtype=torch.float64)
         on_cpu = bracket_matrix(cpu_model, loss_fn, inputs, targets)
         on_cuda = bracket_matrix(cuda_model, loss_fn, inputs.to(ctx.device), targets.to(ctx.device))
-        out[which] = {"model": describe(profile), **bracket_errors(on_cuda, on_cpu)}
-
-
-@contextlib.contextmanager
-def tf32(enabled: bool):
-    """TF32 on or off for CUDA matmuls and cuDNN convolutions; restored on exit."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        out[which] = {"model": describe_model(profile), **bracket_errors(on_cuda, on_cpu)}
 
 
 def brackets_with_tf32(model, loss_fn, inputs, targets) -> BracketMatrix:
@@ -209,7 +199,7 @@ def float32_vs_float64(ctx: Context, out: dict) -> None:
     exact = bracket_matrix(model64, loss_fn, inputs, targets)
     with torch.no_grad():
         exact_logits = model64(inputs)
-    out["model"] = describe(profile)
+    out["model"] = describe_model(profile)
     out["device"] = ctx.device.type
     with torch.no_grad(), tf32(False):
         logits = model32(inputs32)
@@ -237,7 +227,7 @@ def bracket_speed(ctx: Context, out: dict) -> None:
         inputs, targets = random_examples(profile, ctx.size.examples, ctx.device)
         timing = time_bracket_methods(model, loss_fn, inputs, targets, repeats=ctx.size.repeats, budget_s=share)
         best = min(timing[m]["ratio_to_naive"] for m in ("vmap", "rows"))
-        out[which] = {"model": describe(profile), **timing, "best_ratio_to_naive": best,
+        out[which] = {"model": describe_model(profile), **timing, "best_ratio_to_naive": best,
                       "target_ratio_to_naive": TARGET_RATIO, "meets_target": best <= TARGET_RATIO}
 
 
@@ -251,7 +241,7 @@ def training(ctx: Context, out: dict) -> None:
     attributes = torch.randint(0, 2, (n, len(ATTRIBUTES)), generator=g)
     model = build_model(profile).to(device).train()
     optimizer = make_optimizer(model, profile)
-    out["model"] = f"{describe(profile)}, batch {profile.batch_size}"
+    out["model"] = f"{describe_model(profile)}, batch {profile.batch_size}"
     out["parameters"] = sum(p.numel() for p in model.parameters())
 
     def steps():  # the training loop's work per step: index the uint8 cache, normalise, move, step
@@ -301,7 +291,7 @@ def projection(ctx: Context, out: dict) -> None:
         raise RuntimeError(f"the training section did not measure {', '.join(k for k in needed if k not in measured)}")
     full = get_profile("full")
     checkpoints = full.steps // full.checkpoint_every + 1          # every checkpoint_every steps, and step 0
-    out["profile"] = f"full: {describe(full)}, {full.steps} steps, a checkpoint every {full.checkpoint_every}"
+    out["profile"] = f"full: {describe_model(full)}, {full.steps} steps, a checkpoint every {full.checkpoint_every}"
     out["measured_on"] = measured["model"]
     out["checkpoints"] = checkpoints
     out.update(data_cache(full, ctx.size.cache_images))

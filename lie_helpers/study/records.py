@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .design import arm_profile, arm_run_dir, late_steps, study_runs, study_sets
 from .runs import SideRun, train_runs
-from ..analysis.baselines import gradient_pushforward
+from ..analysis.first_order import gradient_pushforward
 from ..analysis.records import analyse_checkpoint, fixed_inputs
 from ..training import run_folder, storage
 from ..training.config import Profile
