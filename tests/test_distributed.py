@@ -13,7 +13,8 @@ import torch.distributed as dist
 from lie_helpers.analysis import records as analysis
 from lie_helpers.data import celeba
 from lie_helpers.pipeline import distributed
-from lie_helpers.training import run_folder, storage
+from lie_helpers.data import storage
+from lie_helpers.training import run_folder
 from lie_helpers.training.config import get_profile
 from lie_helpers.training.train import train
 from test_analysis import random_split

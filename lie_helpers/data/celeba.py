@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, TEXT_FILES
 from .generated_celeba import generate_celeba
-from ..training.storage import atomic_save_tensors, load_tensors, read_metadata, show
+from .storage import atomic_save_tensors, load_tensors, read_metadata, show
 
 PREPROCESS_VERSION = 1
 SPLITS = ("train", "valid", "test", "all")

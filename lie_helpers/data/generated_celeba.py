@@ -72,7 +72,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from scipy.optimize import brentq
 from tqdm.auto import tqdm
 
-from ..training import storage
+from . import storage
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, HAIR_COLOURS, IMAGE_FOLDER
 
 GENERATOR_VERSION = 1

@@ -48,7 +48,7 @@ from pathlib import Path
 from .. import PACKAGE_DIR, REPO_DIR
 from ..training.config import PROFILES, get_profile, run_folder_name
 from ..training.results import results_dir
-from ..training.storage import atomic_write_bytes, atomic_write_json, read_json, show
+from ..data.storage import atomic_write_bytes, atomic_write_json, read_json, show
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_.+\.ipynb$")
 KERNEL_NAME = "python3"   # ipykernel's own spec: the interpreter running the chain

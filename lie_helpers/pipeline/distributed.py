@@ -45,13 +45,13 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..analysis import records as analysis
-from ..data import celeba
-from ..training import run_folder, storage
+from ..data import celeba, storage
+from ..training import run_folder
 from ..engine.brackets import PAIRS_PER_CALL, BracketMatrix, pair_chunks
 from .. import REPO_DIR
 from .chain import ChainError, parse_overrides
 from ..training.config import PROFILES, Profile, get_profile, run_paths
-from ..training.storage import show
+from ..data.storage import show
 from ..training.train import load_checkpoint
 
 

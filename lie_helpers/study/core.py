@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 
 from . import example_sets, stats
 from .. import REPO_DIR
-from ..training import run_folder, storage
+from ..data import storage
+from ..training import run_folder
 from ..analysis.records import analyse_checkpoint, fixed_inputs
 from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
 from ..data.celeba import load_profile_split, prepare_data
