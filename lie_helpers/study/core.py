@@ -32,8 +32,6 @@ and in notebook 04 before any result.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from tqdm.auto import tqdm
 from . import example_sets, stats
 from .. import REPO_DIR
 from ..data import storage
+from ..data.storage import json_digest
 from ..training import run_folder
 from ..analysis.records import analyse_checkpoint, fixed_inputs
 from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
@@ -128,10 +127,6 @@ def study_sets(P: Profile) -> tuple[list, object]:
     return sets, test
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # ----------------------------------------------------------------------------- one run
 
 def record_path(root: Path, step: int) -> Path:
@@ -141,9 +136,9 @@ def record_path(root: Path, step: int) -> Path:
 def record_key(profile: Profile, root: Path, step: int, sets) -> str:
     """What a study record depends on: the run, the checkpoint's weights and the example sets."""
     weights = run_folder.checkpoint_entry(root, step)["sha256"]["weights"]
-    return _digest({"run": profile.hash(), "weights": weights, "version": STUDY_VERSION,
-                    "sets": [(s.number, {k: v.tolist() for k, v in s.bracket.items()}, s.pushforward.tolist())
-                             for s in sets]})
+    return json_digest({"run": profile.hash(), "weights": weights, "version": STUDY_VERSION,
+                        "sets": [(s.number, {k: v.tolist() for k, v in s.bracket.items()}, s.pushforward.tolist())
+                                 for s in sets]}, 16)
 
 
 def first_order_path(root: Path, step: int) -> Path:
