@@ -17,7 +17,7 @@ Everything here reads the layout of torchvision's ``CelebA`` under a folder
   Torchvision compares the md5 checksums of the five text files with the official ones;
   ``verify_checksums=False`` is the one, explicit way to skip that (it still checks that
   every file is present). Generated data always needs it.
-* Generated data: :func:`lie_helpers.generated_celeba.generate_celeba` writes the layout
+* Generated data: :func:`lie_helpers.data.generated_celeba.generate_celeba` writes the layout
   above, and the ground truth the real data lacks, ``<root>/celeba/ground_truth.json``.
 * Fast input: :func:`load_split_tensors` decodes a split once into uint8 tensors at the
   training resolution (center crop 178x178, antialiased bilinear resize), cached as
@@ -65,7 +65,7 @@ OFFICIAL_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 def _fix_text(root) -> str:
     return (
         "To fix this, either\n"
-        f"  * generate CelebA-format data offline: lie_helpers.generated_celeba.generate_celeba({str(root)!r}, n_images=4000)\n"
+        f"  * generate CelebA-format data offline: lie_helpers.data.generated_celeba.generate_celeba({str(root)!r}, n_images=4000)\n"
         "    (or use a profile with data_source='generated' and lie_helpers.celeba.prepare_data(profile)), or\n"
         f"  * use real CelebA: CelebAFolder({str(root)!r}, download=True) (needs internet and gdown; Google Drive\n"
         "    often refuses with a quota error), or download it by hand from the official page\n"

@@ -13,7 +13,7 @@ asks that of brackets with every confound of the first experiment removed:
     categorical x4              categorical_hair_x4         bands at study_band        sensitivity: the first study's weight
     independent, width 0.5/1.0  independent BCE             bands at study_band        capacity
 
-The bands (lie_helpers.generated_celeba): a fraction of black/brown faces drawn at the shade where
+The bands (lie_helpers.data.generated_celeba): a fraction of black/brown faces drawn at the shade where
 P(black) = 0.5 and labelled by a coin (ambiguous and exclusive), and a fraction of faces with faint
 glasses labelled by a coin (ambiguous, not exclusive). Every arm trains `profile.steps` Adam steps
 from each seed; its brackets are taken at the late checkpoints (steps ≥ half), among stratified

@@ -15,14 +15,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.generated_celeba import MAX_BAND
+from ..data.generated_model import MAX_BAND
 from ..data.storage import json_digest
 from .losses import LOSSES
 from .mxresnet import LAYERS
 from .run_folder import RunPaths
 
 DATA_SOURCES = ("generated", "real")
-NOISE_BANDS = ("hair_noise_band", "glasses_noise_band")   # generated data only (generated_celeba.noise_bands)
+NOISE_BANDS = ("hair_noise_band", "glasses_noise_band")   # generated data only (generated_model.noise_bands)
 
 
 # ----------------------------------------------------------------------------- checks
