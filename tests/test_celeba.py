@@ -16,6 +16,7 @@ from torchvision.datasets import CelebA
 
 from lie_helpers.data import celeba, faces, generated_celeba, generated_model
 from lie_helpers.data.attributes import ATTRIBUTES, HAIR_COLOURS, TEXT_FILES
+from lie_helpers.training import datasets
 from lie_helpers.training.config import get_profile
 
 N = 60
@@ -244,14 +245,14 @@ def test_cache_build_reuse_and_rebuild(copy, tmp_path, monkeypatch):
 
 def test_default_cache_location_and_profile_helpers(tmp_path):
     profile = get_profile("ci", data_root=str(tmp_path), generated_images=24)
-    root = celeba.prepare_data(profile, progress=False)
+    root = datasets.prepare_data(profile, progress=False)
     assert root == tmp_path / "generated-n24-seed0" and (root / "celeba" / "ground_truth.json").exists()
-    s = celeba.load_profile_split(profile, "valid", progress=False)
+    s = datasets.load_profile_split(profile, "valid", progress=False)
     assert s.images.shape == (2, 3, profile.image_size, profile.image_size)
     assert len(list((root / "cache").glob("celeba-valid-*.safetensors"))) == 1
     real = get_profile("ci", data_source="real", data_root=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        celeba.prepare_data(real)
+        datasets.prepare_data(real)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -437,10 +438,10 @@ def test_band_ground_truth_and_true_posteriors(banded, tmp_path):
 def test_a_profile_with_a_band_generates_and_uses_its_own_data(tmp_path):
     plain = get_profile("ci", data_root=str(tmp_path), generated_images=24)
     banded = get_profile("ci", data_root=str(tmp_path), generated_images=24, hair_noise_band=0.5)
-    assert celeba.prepare_data(banded, progress=False) == tmp_path / "generated-n24-seed0-hairband0.5"
+    assert datasets.prepare_data(banded, progress=False) == tmp_path / "generated-n24-seed0-hairband0.5"
     gt = generated_celeba.read_ground_truth(tmp_path / "generated-n24-seed0-hairband0.5")
     assert gt["noise_bands"]["hair"]["fraction"] == 0.5 and gt["noise_bands"]["glasses"]["images"] == []
-    assert celeba.prepare_data(plain, progress=False) == tmp_path / "generated-n24-seed0"
+    assert datasets.prepare_data(plain, progress=False) == tmp_path / "generated-n24-seed0"
     assert "noise_bands" not in generated_celeba.read_ground_truth(tmp_path / "generated-n24-seed0")
-    s = celeba.load_profile_split(banded, "train", progress=False)
-    assert s.fingerprint != celeba.load_profile_split(plain, "train", progress=False).fingerprint
+    s = datasets.load_profile_split(banded, "train", progress=False)
+    assert s.fingerprint != datasets.load_profile_split(plain, "train", progress=False).fingerprint

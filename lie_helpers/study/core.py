@@ -48,8 +48,8 @@ from ..data.storage import json_digest
 from ..training import run_folder
 from ..analysis.records import analyse_checkpoint, fixed_inputs
 from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
-from ..data.celeba import load_profile_split, prepare_data
 from ..training.config import Profile
+from ..training.datasets import load_profile_split, prepare_data
 from ..analysis.hypothesis import CORRELATED_CONTROLS, HAIR_PAIR, attribute_magnitudes, attribute_mask, attribute_perturbations
 from ..analysis.baselines import gradient_pushforward
 from ..training.losses import gradient_share, get_loss
