@@ -23,8 +23,11 @@ import statistics
 import time
 
 import torch
+from torchvision import transforms
 
+from lie_helpers.data.celeba import CelebAFolder
 from lie_helpers.training.config import get_profile
+from lie_helpers.training.datasets import load_profile_split, prepare_data, profile_verify_checksums
 from lie_helpers.training.losses import get_loss
 from lie_helpers.training.train import build_model, epoch_order, make_optimizer, prepare_inputs, train_step
 
@@ -61,10 +64,6 @@ def cached_batches(images, targets, profile):
 
 def jpeg_batches(root, profile, workers: int):
     """Batches decoded from the JPEG files by a DataLoader (center crop 178, antialiased resize)."""
-    from torchvision import transforms
-
-    from lie_helpers.data.celeba import CelebAFolder, profile_verify_checksums
-
     transform = transforms.Compose([transforms.CenterCrop(178),
                                     transforms.Resize((profile.image_size, profile.image_size), antialias=True),
                                     transforms.PILToTensor()])
@@ -100,8 +99,6 @@ def main(argv=None) -> list[dict]:
     overrides = {"data_root": args.data_root} if args.data_root else {}
     profile = get_profile(args.profile, **overrides)
     if args.data_root:
-        from lie_helpers.data.celeba import load_profile_split, prepare_data
-
         root = prepare_data(profile)
         split = load_profile_split(profile, "train")
         images, targets = split.images, split.attributes

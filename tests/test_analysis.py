@@ -4,7 +4,7 @@ import torch
 
 import lie_helpers as lh
 from lie_helpers.analysis import records as analysis, first_order
-from lie_helpers.training import storage
+from lie_helpers.data import storage
 from lie_helpers.training.config import get_profile, run_paths
 from lie_helpers.training.losses import get_loss
 from lie_helpers.training.train import load_checkpoint, train

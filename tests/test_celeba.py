@@ -14,8 +14,9 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import CelebA
 
-from lie_helpers.data import celeba, generated_celeba
+from lie_helpers.data import celeba, faces, generated_celeba, generated_model
 from lie_helpers.data.attributes import ATTRIBUTES, HAIR_COLOURS, TEXT_FILES
+from lie_helpers.training import datasets
 from lie_helpers.training.config import get_profile
 
 N = 60
@@ -39,7 +40,7 @@ def copy(gen, tmp_path):
 
 @pytest.fixture(scope="module")
 def sample():
-    return generated_celeba.sample_attributes(4000, seed=1)
+    return generated_model.sample_attributes(4000, seed=1)
 
 
 def _digests(root):
@@ -148,7 +149,7 @@ def test_base_rates_and_exclusivity(sample):
     attrs, _ = sample
     rates = attrs.mean(axis=0)
     for i, name in enumerate(ATTRIBUTES):
-        assert abs(rates[i] - generated_celeba.CELEBA_BASE_RATES[name]) < 0.03, name
+        assert abs(rates[i] - generated_model.CELEBA_BASE_RATES[name]) < 0.03, name
     hair = attrs[:, [IDX[a] for a in HAIR_COLOURS]]
     assert hair.sum(axis=1).max() == 1 and (hair.sum(axis=1) == 0).any()
     assert (attrs[:, IDX["Straight_Hair"]] + attrs[:, IDX["Wavy_Hair"]]).max() == 1
@@ -160,9 +161,9 @@ def test_base_rates_and_exclusivity(sample):
 
 def test_correlations_and_noise(sample):
     attrs, _ = sample
-    for a, b, sign, _ in generated_celeba.CORRELATED_PAIRS:
+    for a, b, sign, _ in generated_model.CORRELATED_PAIRS:
         assert sign * generated_celeba._phi(attrs[:, IDX[a]], attrs[:, IDX[b]]) > 0.1, (a, b)
-    for a in generated_celeba.NOISE_ATTRIBUTES:
+    for a in generated_model.NOISE_ATTRIBUTES:
         for b in ATTRIBUTES:
             if a != b:
                 assert abs(generated_celeba._phi(attrs[:, IDX[a]], attrs[:, IDX[b]])) < 0.08, (a, b)
@@ -170,11 +171,11 @@ def test_correlations_and_noise(sample):
 
 def test_black_brown_shades_overlap(sample):
     attrs, hair_z = sample
-    shade = generated_celeba.hair_shade(attrs, hair_z)
+    shade = generated_model.hair_shade(attrs, hair_z)
     black, brown = attrs[:, IDX["Black_Hair"]] == 1, attrs[:, IDX["Brown_Hair"]] == 1
     assert np.isnan(shade[~(black | brown)]).all() and not np.isnan(shade[black | brown]).any()
     assert shade[black].max() > shade[brown].min()
-    post = generated_celeba.black_posterior(shade)
+    post = generated_model.black_posterior(shade)
     assert (post[black] < 0.5).mean() > 0.02 and (post[brown] > 0.5).mean() > 0.02
     gt = generated_celeba._ground_truth(attrs, hair_z, len(attrs), 1, [f"{i:06d}.jpg" for i in range(len(attrs))])
     pair = gt["ambiguous_pairs"][0]
@@ -185,12 +186,12 @@ def test_black_brown_shades_overlap(sample):
 def test_visible_attributes_change_the_drawing_and_others_do_not():
     base = np.zeros(40, dtype=np.int8)
     base[IDX["No_Beard"]] = base[IDX["Young"]] = 1
-    ref = np.asarray(generated_celeba.render_face(base, seed=(0, 7))[0])
+    ref = np.asarray(faces.render_face(base, seed=(0, 7))[0])
     for name in ATTRIBUTES:
         row = base.copy()
         row[IDX[name]] = 1 - row[IDX[name]]
-        changed = not np.array_equal(np.asarray(generated_celeba.render_face(row, seed=(0, 7))[0]), ref)
-        assert changed == (name in generated_celeba.VISIBLE_ATTRIBUTES), name
+        changed = not np.array_equal(np.asarray(faces.render_face(row, seed=(0, 7))[0]), ref)
+        assert changed == (name in generated_model.VISIBLE_ATTRIBUTES), name
 
 
 def test_ground_truth_json(gen):
@@ -244,14 +245,14 @@ def test_cache_build_reuse_and_rebuild(copy, tmp_path, monkeypatch):
 
 def test_default_cache_location_and_profile_helpers(tmp_path):
     profile = get_profile("ci", data_root=str(tmp_path), generated_images=24)
-    root = celeba.prepare_data(profile, progress=False)
+    root = datasets.prepare_data(profile, progress=False)
     assert root == tmp_path / "generated-n24-seed0" and (root / "celeba" / "ground_truth.json").exists()
-    s = celeba.load_profile_split(profile, "valid", progress=False)
+    s = datasets.load_profile_split(profile, "valid", progress=False)
     assert s.images.shape == (2, 3, profile.image_size, profile.image_size)
     assert len(list((root / "cache").glob("celeba-valid-*.safetensors"))) == 1
     real = get_profile("ci", data_source="real", data_root=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        celeba.prepare_data(real)
+        datasets.prepare_data(real)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -346,13 +347,13 @@ def test_bands_off_leave_every_file_byte_identical(gen, tmp_path):
     pinned = {"list_attr_celeba.txt": "fad3114b5e3e36a3", "hair_shade.txt": "d020420d254f6b87",
               "ground_truth.json": "5fd0b7384da3a9c4", "list_landmarks_align_celeba.txt": "15201347aea6c0ee"}
     assert {name: _digests(off)[name][:16] for name in pinned} == pinned
-    attrs, _ = generated_celeba.sample_attributes(500, seed=3)
-    same, in_hair, in_glasses = generated_celeba.noise_bands(attrs, 3)
+    attrs, _ = generated_model.sample_attributes(500, seed=3)
+    same, in_hair, in_glasses = generated_model.noise_bands(attrs, 3)
     assert np.array_equal(same, attrs) and not in_hair.any() and not in_glasses.any()
     names, post = generated_celeba.read_true_posteriors(gen)   # data without bands has posteriors too
-    attrs, hair_z = generated_celeba.sample_attributes(N, 0)
+    attrs, hair_z = generated_model.sample_attributes(N, 0)
     black_or_brown = (attrs[:, IDX["Black_Hair"]] + attrs[:, IDX["Brown_Hair"]]) == 1
-    expected = generated_celeba.black_posterior(generated_celeba.hair_shade(attrs, hair_z))
+    expected = generated_model.black_posterior(generated_model.hair_shade(attrs, hair_z))
     assert np.allclose(post["Black_Hair"][black_or_brown], expected[black_or_brown], atol=2e-3)
     assert (post["Black_Hair"][~black_or_brown] == 0).all()
     assert np.array_equal(post["Eyeglasses"], attrs[:, IDX["Eyeglasses"]])
@@ -361,7 +362,7 @@ def test_bands_off_leave_every_file_byte_identical(gen, tmp_path):
 def test_noise_bands_relabel_by_a_coin_and_are_nested(sample):
     attrs, _ = sample
     black_or_brown = (attrs[:, IDX["Black_Hair"]] == 1) | (attrs[:, IDX["Brown_Hair"]] == 1)
-    out, in_hair, in_glasses = generated_celeba.noise_bands(attrs, 1, 0.3, 0.2)
+    out, in_hair, in_glasses = generated_model.noise_bands(attrs, 1, 0.3, 0.2)
     assert in_hair.sum() == round(0.3 * black_or_brown.sum()) and not in_hair[~black_or_brown].any()
     assert in_glasses.sum() == round(0.2 * len(attrs))
     hair = out[:, [IDX["Black_Hair"], IDX["Brown_Hair"]]]
@@ -371,30 +372,30 @@ def test_noise_bands_relabel_by_a_coin_and_are_nested(sample):
     assert set(np.flatnonzero(changed)) <= {IDX["Black_Hair"], IDX["Brown_Hair"], IDX["Eyeglasses"]}
     untouched = ~in_hair & ~in_glasses
     assert np.array_equal(out[untouched], attrs[untouched])
-    small, small_hair, small_glasses = generated_celeba.noise_bands(attrs, 1, 0.1, 0.0)     # nested, same coins
+    small, small_hair, small_glasses = generated_model.noise_bands(attrs, 1, 0.1, 0.0)     # nested, same coins
     hair_cols = [IDX["Black_Hair"], IDX["Brown_Hair"]]
     assert (small_hair <= in_hair).all() and np.array_equal(small[small_hair][:, hair_cols], out[small_hair][:, hair_cols])
     assert not small_glasses.any()
     with pytest.raises(ValueError, match=r"hair_band must be a fraction in \[0, 0.9\]"):
-        generated_celeba.noise_bands(attrs, 1, 0.95)
+        generated_model.noise_bands(attrs, 1, 0.95)
 
 
 def test_band_faces_are_drawn_in_between():
-    assert abs(generated_celeba.black_posterior(generated_celeba.BAND_SHADE) - 0.5) < 1e-9
+    assert abs(generated_model.black_posterior(generated_model.BAND_SHADE) - 0.5) < 1e-9
     row = np.zeros(40, dtype=np.int8)
     row[IDX["No_Beard"]] = row[IDX["Young"]] = row[IDX["Black_Hair"]] = 1
-    without = np.asarray(generated_celeba.render_face(row, seed=(0, 5))[0]).astype(int)
+    without = np.asarray(faces.render_face(row, seed=(0, 5))[0]).astype(int)
     row[IDX["Eyeglasses"]] = 1
-    with_glasses = np.asarray(generated_celeba.render_face(row, seed=(0, 5))[0]).astype(int)
+    with_glasses = np.asarray(faces.render_face(row, seed=(0, 5))[0]).astype(int)
     for label in (0, 1):                   # the label does not change a faint drawing
         row[IDX["Eyeglasses"]] = label
-        faint = np.asarray(generated_celeba.render_face(row, seed=(0, 5), faint_glasses=True)[0]).astype(int)
+        faint = np.asarray(faces.render_face(row, seed=(0, 5), faint_glasses=True)[0]).astype(int)
         assert np.abs(faint - (without + with_glasses) / 2).max() <= 1
         frame = (without != with_glasses).any(-1)
         assert frame.sum() > 200 and np.array_equal(faint[~frame], without[~frame])
     row[IDX["Eyeglasses"]] = 0
-    drawn = generated_celeba.render_face(row, hair_z=-3.0, seed=(0, 5), shade=generated_celeba.BAND_SHADE)[0]
-    expected = generated_celeba._lerp((12, 10, 9), (150, 100, 58), generated_celeba.BAND_SHADE)
+    drawn = faces.render_face(row, hair_z=-3.0, seed=(0, 5), shade=generated_model.BAND_SHADE)[0]
+    expected = faces._lerp((12, 10, 9), (150, 100, 58), generated_model.BAND_SHADE)
     assert drawn.getpixel((89, 45)) == expected                     # hair on top of the head
 
 
@@ -402,8 +403,8 @@ def test_band_ground_truth_and_true_posteriors(banded, tmp_path):
     from scipy.stats import norm
     base = banded / "celeba"
     gt = json.loads((base / "ground_truth.json").read_text())
-    attrs, hair_z = generated_celeba.sample_attributes(N, 0)
-    out, in_hair, in_glasses = generated_celeba.noise_bands(attrs, 0, **BANDS)
+    attrs, hair_z = generated_model.sample_attributes(N, 0)
+    out, in_hair, in_glasses = generated_model.noise_bands(attrs, 0, **BANDS)
     names = [f"{i + 1:06d}.jpg" for i in range(N)]
     bands = gt["noise_bands"]
     assert bands["hair"]["fraction"] == 0.3 and bands["glasses"]["fraction"] == 0.3
@@ -417,15 +418,15 @@ def test_band_ground_truth_and_true_posteriors(banded, tmp_path):
     stored = np.array([[float(v) for v in r.split()[1:]] for r in rows[1:]])
     assert np.allclose(stored, np.stack([post[k] for k in ("Black_Hair", "Brown_Hair", "Eyeglasses")], 1), atol=2e-3)
     # independently: Bayes' rule on the label-given shade normals; 0.5 in the bands; labels elsewhere
-    shade = generated_celeba.hair_shade(out, hair_z)
-    pb, pr = (generated_celeba.CELEBA_BASE_RATES[a] * norm.pdf(shade, *generated_celeba.SHADE[a])
+    shade = generated_model.hair_shade(out, hair_z)
+    pb, pr = (generated_model.CELEBA_BASE_RATES[a] * norm.pdf(shade, *generated_model.SHADE[a])
               for a in ("Black_Hair", "Brown_Hair"))
     natural = (out[:, IDX["Black_Hair"]] + out[:, IDX["Brown_Hair"]] == 1) & ~in_hair
     assert np.allclose(post["Black_Hair"][natural], (pb / (pb + pr))[natural], atol=2e-3)
     assert (post["Black_Hair"][in_hair] == 0.5).all() and (post["Eyeglasses"][in_glasses] == 0.5).all()
     assert np.array_equal(post["Eyeglasses"][~in_glasses], out[~in_glasses, IDX["Eyeglasses"]])
     shades = [line.split()[1] for line in (base / "hair_shade.txt").read_text().splitlines()]
-    assert {shades[i] for i in np.flatnonzero(in_hair)} == {f"{generated_celeba.BAND_SHADE:.4f}"}
+    assert {shades[i] for i in np.flatnonzero(in_hair)} == {f"{generated_model.BAND_SHADE:.4f}"}
     # other bands are other parameters; the same bands are no work
     assert generated_celeba.generate_celeba(banded, N, seed=0, progress=False, **BANDS) == banded
     with pytest.raises(ValueError, match=r"hair/glasses bands=\(0.3, 0.3\).*bands=\(0.1, 0.3\)"):
@@ -437,10 +438,10 @@ def test_band_ground_truth_and_true_posteriors(banded, tmp_path):
 def test_a_profile_with_a_band_generates_and_uses_its_own_data(tmp_path):
     plain = get_profile("ci", data_root=str(tmp_path), generated_images=24)
     banded = get_profile("ci", data_root=str(tmp_path), generated_images=24, hair_noise_band=0.5)
-    assert celeba.prepare_data(banded, progress=False) == tmp_path / "generated-n24-seed0-hairband0.5"
+    assert datasets.prepare_data(banded, progress=False) == tmp_path / "generated-n24-seed0-hairband0.5"
     gt = generated_celeba.read_ground_truth(tmp_path / "generated-n24-seed0-hairband0.5")
     assert gt["noise_bands"]["hair"]["fraction"] == 0.5 and gt["noise_bands"]["glasses"]["images"] == []
-    assert celeba.prepare_data(plain, progress=False) == tmp_path / "generated-n24-seed0"
+    assert datasets.prepare_data(plain, progress=False) == tmp_path / "generated-n24-seed0"
     assert "noise_bands" not in generated_celeba.read_ground_truth(tmp_path / "generated-n24-seed0")
-    s = celeba.load_profile_split(banded, "train", progress=False)
-    assert s.fingerprint != celeba.load_profile_split(plain, "train", progress=False).fingerprint
+    s = datasets.load_profile_split(banded, "train", progress=False)
+    assert s.fingerprint != datasets.load_profile_split(plain, "train", progress=False).fingerprint

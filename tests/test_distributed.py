@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 
 from lie_helpers.analysis import records as analysis
-from lie_helpers.data import celeba
 from lie_helpers.pipeline import distributed
-from lie_helpers.training import run_folder, storage
+from lie_helpers.data import storage
+from lie_helpers.training import datasets, run_folder
 from lie_helpers.training.config import get_profile
 from lie_helpers.training.train import train
 from test_analysis import random_split
@@ -171,9 +171,9 @@ def test_a_plain_launch_is_refused(monkeypatch, capsys):
 
 
 def test_without_test_tensors_the_profiles_test_split_is_read(tmp_path):
-    """As notebook 02 reads it: celeba.load_profile_split (here tiny generated data)."""
+    """As notebook 02 reads it: datasets.load_profile_split (here tiny generated data)."""
     profile = get_profile("ci", data_root=str(tmp_path), generated_images=30, image_size=16)
     (images, attributes), fingerprint = distributed.load_test_split(profile)
-    split = celeba.load_profile_split(profile, "test", progress=False)
+    split = datasets.load_profile_split(profile, "test", progress=False)
     assert torch.equal(images, split.images) and torch.equal(attributes, split.attributes)
     assert fingerprint == split.fingerprint and len(images) > 0

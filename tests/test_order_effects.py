@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from lie_helpers.analysis import order_effects as O
-from lie_helpers.training import run_folder, storage
+from lie_helpers.data import storage
+from lie_helpers.training import run_folder
 from lie_helpers.training import train as T
 from lie_helpers.engine.brackets import lie_bracket, pushforward
 from lie_helpers.training.config import get_profile, swap_steps

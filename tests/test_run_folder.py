@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lie_helpers.analysis import records as analysis
-from lie_helpers.training import run_folder, storage
+from lie_helpers.data import storage
+from lie_helpers.training import run_folder
 from lie_helpers.training import train as T
 from lie_helpers.training.config import PROFILES, get_profile, run_folder_name, run_paths
 from lie_helpers.training.run_folder import RunPaths

@@ -4,7 +4,7 @@ import errno
 import pytest
 import torch
 
-from lie_helpers.training import storage
+from lie_helpers.data import storage
 from lie_helpers.training import train as T
 from lie_helpers.data.attributes import ATTRIBUTES
 from lie_helpers.training.config import get_profile

@@ -35,12 +35,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import first_order
-from ..training import run_folder, storage
+from ..data import storage
+from ..training import run_folder
 from ..engine.brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, bracket_mode, checked_pairs_per_call,
                        parameters_of, pushforward, rms_per_tensor)
 from ..training.config import Profile, run_paths
 from ..training.losses import IndependentBCE, get_loss
-from ..training.storage import show
+from ..data.storage import show
 from ..training.train import load_checkpoint, prepare_inputs
 
 ANALYSIS_VERSION = 3  # bump when what is stored changes

@@ -14,6 +14,7 @@ ATTRIBUTES = (
     "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )
 assert len(ATTRIBUTES) == 40
+INDEX = {a: i for i, a in enumerate(ATTRIBUTES)}   # column of each attribute
 HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")   # exclusive in generated data; meant so in CelebA
 
 BASE_FOLDER = "celeba"

@@ -17,11 +17,14 @@ Everything here reads the layout of torchvision's ``CelebA`` under a folder
   Torchvision compares the md5 checksums of the five text files with the official ones;
   ``verify_checksums=False`` is the one, explicit way to skip that (it still checks that
   every file is present). Generated data always needs it.
-* Generated data: :func:`lie_helpers.generated_celeba.generate_celeba` writes the layout
+* Generated data: :func:`lie_helpers.data.generated_celeba.generate_celeba` writes the layout
   above, and the ground truth the real data lacks, ``<root>/celeba/ground_truth.json``.
 * Fast input: :func:`load_split_tensors` decodes a split once into uint8 tensors at the
   training resolution (center crop 178x178, antialiased bilinear resize), cached as
   safetensors keyed by :func:`data_fingerprint`, split and resolution.
+
+Nothing here knows a profile: a profile picks its data in :mod:`lie_helpers.training.datasets`
+(``prepare_data``, ``load_profile_split``).
 
 Fingerprint and cache
 ---------------------
@@ -51,8 +54,7 @@ from torchvision.datasets.utils import check_integrity
 from tqdm.auto import tqdm
 
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, TEXT_FILES
-from .generated_celeba import generate_celeba
-from ..training.storage import atomic_save_tensors, load_tensors, read_metadata, show
+from .storage import atomic_save_tensors, load_tensors, read_metadata, show
 
 PREPROCESS_VERSION = 1
 SPLITS = ("train", "valid", "test", "all")
@@ -65,8 +67,8 @@ OFFICIAL_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 def _fix_text(root) -> str:
     return (
         "To fix this, either\n"
-        f"  * generate CelebA-format data offline: lie_helpers.generated_celeba.generate_celeba({str(root)!r}, n_images=4000)\n"
-        "    (or use a profile with data_source='generated' and lie_helpers.celeba.prepare_data(profile)), or\n"
+        f"  * generate CelebA-format data offline: lie_helpers.data.generated_celeba.generate_celeba({str(root)!r}, n_images=4000)\n"
+        "    (or use a profile with data_source='generated' and lie_helpers.training.datasets.prepare_data(profile)), or\n"
         f"  * use real CelebA: CelebAFolder({str(root)!r}, download=True) (needs internet and gdown; Google Drive\n"
         "    often refuses with a quota error), or download it by hand from the official page\n"
         f"    {OFFICIAL_PAGE}: 'Align&Cropped Images' (img_align_celeba.zip), 'Anno'\n"
@@ -380,36 +382,3 @@ def load_split_tensors(data_dir, split: str, image_size: int, *, verify_checksum
                    progress=progress, workers=workers)
     return s.images, s.attributes
 
-
-# --------------------------------------------------------------------------------------
-# Profiles
-# --------------------------------------------------------------------------------------
-def prepare_data(profile, *, verify_checksums: bool | None = None, progress: bool = True) -> Path:
-    """Make `profile`'s data available; return the folder that holds ``celeba/``.
-
-    Generated source: draws the data if it is missing (nothing to do when present).
-    Real source: checks the folder (files present; md5 checksums unless
-    `verify_checksums` is False, default True for real data).
-    """
-    from ..training.config import data_dir
-
-    root = data_dir(profile)
-    if profile.data_source == "generated":
-        generate_celeba(root, profile.generated_images, profile.data_seed, progress=progress,
-                        hair_band=profile.hair_noise_band, glasses_band=profile.glasses_noise_band)
-        check_celeba_folder(root, verify_checksums=False)
-    else:
-        check_celeba_folder(root, verify_checksums=True if verify_checksums is None else verify_checksums)
-    return root
-
-
-def profile_verify_checksums(profile) -> bool:
-    """Whether `profile`'s data can pass torchvision's md5 check (only real CelebA can)."""
-    return profile.data_source == "real"
-
-
-def load_profile_split(profile, split: str, *, cache_dir=None, progress: bool = True) -> SplitTensors:
-    """`prepare_data(profile)` then :func:`load_split` at the profile's image size and checksum setting."""
-    root = prepare_data(profile, progress=progress)
-    return load_split(root, split, profile.image_size, verify_checksums=profile_verify_checksums(profile),
-                      cache_dir=cache_dir, progress=progress)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import json
 import os
 import re
@@ -48,7 +47,7 @@ from pathlib import Path
 from .. import PACKAGE_DIR, REPO_DIR
 from ..training.config import PROFILES, get_profile, run_folder_name
 from ..training.results import results_dir
-from ..training.storage import atomic_write_bytes, atomic_write_json, read_json, show
+from ..data.storage import atomic_write_bytes, atomic_write_json, json_digest, read_json, show
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_.+\.ipynb$")
 KERNEL_NAME = "python3"   # ipykernel's own spec: the interpreter running the chain
@@ -114,10 +113,6 @@ def select_stages(stages: list[Stage], only=None, start=None) -> list[Stage]:
 
 # ----------------------------------------------------------------------------- keys
 
-def _sha(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def notebook_cells(path) -> list:
     """Type and source of every cell. Markdown counts too: a skipped stage keeps its old
     executed copy, and --update-references must never copy stale text over an edit."""
@@ -139,14 +134,14 @@ def package_fingerprint(package_dir=PACKAGE_DIR) -> str:
                    if p.name != "chain.py" and "__pycache__" not in p.parts)
     arithmetic = {"torch": version("torch"), "cpus": os.cpu_count(),
                   **{name: os.environ.get(name) for name in ARITHMETIC_VARIABLES}}
-    return _sha([[str(p.relative_to(package_dir)), p.read_text(encoding="utf-8")] for p in files] + [arithmetic])
+    return json_digest([[str(p.relative_to(package_dir)), p.read_text(encoding="utf-8")] for p in files] + [arithmetic])
 
 
 def stage_key(stage: Stage, parameters: dict, previous_key, fingerprint: str) -> str:
     """What a stage's result depends on: its cells, its parameters, the run of the stage
     before it (by that run's key) and the package sources."""
-    return _sha({"cells": notebook_cells(stage.source), "parameters": parameters,
-                 "previous": previous_key, "package": fingerprint})[:16]
+    return json_digest({"cells": notebook_cells(stage.source), "parameters": parameters,
+                        "previous": previous_key, "package": fingerprint}, 16)
 
 
 # ----------------------------------------------------------------------------- parameters

@@ -25,10 +25,10 @@ checkpoint. On the CPU the records are bit for bit those of one process at the s
 of threads per process (torchrun sets OMP_NUM_THREADS=1 unless it is set) and the same
 --pairs-per-call: a rank's chunks are the very vmapped calls one process makes.
 
-The test split is the profile's (celeba.load_profile_split, as in notebook 02; rank 0 loads
+The test split is the profile's (datasets.load_profile_split, as in notebook 02; rank 0 loads
 and caches it first), or --test-tensors FILE: a safetensors file with `images` (uint8
 [N, 3, S, S]) and `attributes` ([N, 40]) and the data fingerprint in its metadata, the form
-of lie_helpers.celeba's split cache files.
+of lie_helpers.data.celeba's split cache files.
 """
 from __future__ import annotations
 
@@ -45,13 +45,13 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..analysis import records as analysis
-from ..data import celeba
-from ..training import run_folder, storage
+from ..data import storage
+from ..training import datasets, run_folder
 from ..engine.brackets import PAIRS_PER_CALL, BracketMatrix, pair_chunks
 from .. import REPO_DIR
 from .chain import ChainError, parse_overrides
 from ..training.config import PROFILES, Profile, get_profile, run_paths
-from ..training.storage import show
+from ..data.storage import show
 from ..training.train import load_checkpoint
 
 
@@ -130,14 +130,14 @@ def share(items: list, rank: int, world: int) -> list:
 def load_test_split(profile: Profile, test_tensors=None) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
     """((images, attributes), data fingerprint) of the test split: from `test_tensors`, else the profile's data."""
     if test_tensors is None:
-        split = celeba.load_profile_split(profile, "test", progress=False)
+        split = datasets.load_profile_split(profile, "test", progress=False)
         return (split.images, split.attributes), split.fingerprint
     tensors, metadata = storage.load_tensors(test_tensors), storage.read_metadata(test_tensors)
     missing = [k for k in ("images", "attributes") if k not in tensors] + (
         ["metadata 'fingerprint'"] if "fingerprint" not in metadata else [])
     if missing:
         raise ValueError(f"{show(test_tensors)} lacks {', '.join(missing)}: --test-tensors takes a safetensors file "
-                         "with images, attributes and the data fingerprint in its metadata (a lie_helpers.celeba "
+                         "with images, attributes and the data fingerprint in its metadata (a lie_helpers.data.celeba "
                          "split cache file).")
     return (tensors["images"], tensors["attributes"].to(torch.int64)), metadata["fingerprint"]
 

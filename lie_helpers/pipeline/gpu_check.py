@@ -58,7 +58,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..training import storage
+from ..data import storage
 from ..analysis.records import analyse_checkpoint, fixed_inputs
 from ..data.attributes import ATTRIBUTES
 from .bench import benchmark_model, median, peak_memory, random_examples, synchronize, time_bracket_methods, timed

@@ -17,8 +17,8 @@ from .records import first_order_path, record_key, record_path
 from ..analysis.currency import (CORRELATED_CONTROLS, HAIR_PAIR, attribute_magnitudes, attribute_mask,
                                  attribute_perturbations)
 from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
-from ..data.celeba import load_profile_split, prepare_data
-from ..training import storage
+from ..training.datasets import load_profile_split, prepare_data
+from ..data import storage
 from ..training.config import Profile
 from ..training.losses import get_loss, gradient_share
 from ..training.train import load_checkpoint

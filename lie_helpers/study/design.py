@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import example_sets
 from ..analysis.currency import HAIR_PAIR
-from ..data.celeba import load_profile_split, prepare_data
+from ..training.datasets import load_profile_split, prepare_data
 from ..training.config import Profile
 
 GLASSES = ("Eyeglasses",)

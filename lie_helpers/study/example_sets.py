@@ -2,7 +2,7 @@
 
 The first N test images hold few ambiguous faces (issue 11: one of six bracket examples, 3 of 32
 pushforward images), so a contrast between strata has little power. Here a test split is cut into
-strata by the generated data's true posteriors (lie_helpers.generated_celeba.true_posteriors):
+strata by the generated data's true posteriors (lie_helpers.data.generated_model.true_posteriors):
 
     ambiguous black/brown     black or brown label whose own posterior is in (0.2, 0.8) (hair band included)
     unambiguous black/brown   black or brown label whose own posterior is >= 0.8

@@ -6,8 +6,6 @@ a record whose key differs is recomputed, never read.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -16,16 +14,14 @@ from .design import arm_profile, arm_run_dir, late_steps, study_runs, study_sets
 from .runs import SideRun, train_runs
 from ..analysis.first_order import gradient_pushforward
 from ..analysis.records import analyse_checkpoint, fixed_inputs
-from ..training import run_folder, storage
+from ..data import storage
+from ..data.storage import json_digest
+from ..training import run_folder
 from ..training.config import Profile
 from ..training.losses import get_loss
 from ..training.train import load_checkpoint
 
 STUDY_VERSION = 1
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def record_path(run_dir, step: int) -> Path:
@@ -35,9 +31,9 @@ def record_path(run_dir, step: int) -> Path:
 def record_key(profile: Profile, run_dir, step: int, sets) -> str:
     """What a study record depends on: the run, the checkpoint's weights and the example sets."""
     weights = run_folder.checkpoint_entry(run_dir, step)["sha256"]["weights"]
-    return _digest({"run": profile.hash(), "weights": weights, "version": STUDY_VERSION,
-                    "sets": [(s.number, {k: v.tolist() for k, v in s.bracket.items()}, s.pushforward.tolist())
-                             for s in sets]})
+    return json_digest({"run": profile.hash(), "weights": weights, "version": STUDY_VERSION,
+                        "sets": [(s.number, {k: v.tolist() for k, v in s.bracket.items()}, s.pushforward.tolist())
+                                 for s in sets]}, 16)
 
 
 def first_order_path(run_dir, step: int) -> Path:

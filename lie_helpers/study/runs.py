@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..analysis.records import analyse_run
-from ..data.celeba import load_profile_split
+from ..training.datasets import load_profile_split
 from ..training.config import Profile
 from ..training.train import train
 

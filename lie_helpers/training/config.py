@@ -10,20 +10,19 @@ experiment never blocks or overwrites the profile's own run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.generated_celeba import MAX_BAND
+from ..data.generated_model import MAX_BAND
+from ..data.storage import json_digest
 from .losses import LOSSES
 from .mxresnet import LAYERS
 from .run_folder import RunPaths
 
 DATA_SOURCES = ("generated", "real")
-NOISE_BANDS = ("hair_noise_band", "glasses_noise_band")   # generated data only (generated_celeba.noise_bands)
+NOISE_BANDS = ("hair_noise_band", "glasses_noise_band")   # generated data only (generated_model.noise_bands)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -184,8 +183,7 @@ class Profile:
         keys = ["data_source", "generated_images", "data_seed", "image_size", "depth", "width",
                 "steps", "batch_size", "lr", "betas", "checkpoint_every", "seed", "loss", "eval_images"]
         keys += [k for k in NOISE_BANDS if getattr(self, k)]
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return json_digest({k: getattr(self, k) for k in keys}, 12)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -247,8 +245,7 @@ def run_folder_name(profile_name: str, overrides: dict | None = None) -> str:
     if not changed:
         return profile_name
     readable = "-".join(f"{k}{_compact(v)}" for k, v in sorted(changed.items()))
-    digest = hashlib.sha256(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]
-    return f"{profile_name}-{readable[:60]}-{digest}"
+    return f"{profile_name}-{readable[:60]}-{json_digest(changed, 6)}"
 
 
 def _compact(value) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .. import REPO_DIR
 from .run_folder import RunPaths
-from .storage import atomic_write_json, read_json
+from ..data.storage import atomic_write_json, read_json
 
 CHECKS_FILE = REPO_DIR / "tests" / "result_checks.toml"
 KINDS = ("equals", "value", "log10", "min", "max")

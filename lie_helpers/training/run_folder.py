@@ -27,8 +27,8 @@ from pathlib import Path
 
 import filelock
 
-from . import storage
-from .storage import show
+from ..data import storage
+from ..data.storage import show
 
 KEEP_OPTIMIZER_STATES = 2   # the latest checkpoint's, and one to fall back on when it is bad
 LOCK_WAIT_SECONDS = 10.0    # how long a second writer waits for the lock before it refuses

@@ -8,7 +8,7 @@ metrics.json is rebuilt from the complete checkpoints. Training holds the folder
 Before it trains, `train` checks every checkpoint against the manifest and resumes from the
 last good one that has its Adam state, saying so when a later one is bad (missing,
 truncated, altered); with no such state left it trains again from step 0, which gives the
-same checkpoints. Step 0 holds the initial weights. Every write is atomic (lie_helpers.storage), and nothing
+same checkpoints. Step 0 holds the initial weights. Every write is atomic (lie_helpers.data.storage), and nothing
 a run does depends on random state that is not rebuilt from the profile: the model is
 initialised from `profile.seed` and each epoch's batch order from `(profile.seed, epoch)`.
 So a run killed at any moment, restarted with the same call, continues from its last
@@ -28,13 +28,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from . import run_folder, storage
+from ..data import storage
+from . import run_folder
 from ..data.attributes import ATTRIBUTES
 from .config import Profile, swap_steps
 from .losses import get_loss
 from .mxresnet import mxresnet
 from .run_folder import RunPaths
-from .storage import show
+from ..data.storage import show
 
 # Images are scaled to [0, 1], then normalised per channel with ImageNet's statistics
 # (fastai's `imagenet_stats`). Fixed constants, so every notebook and script feeds the

@@ -1,11 +1,15 @@
 """Atomic file writes (a reader, or a resumed run, never sees half a file), readers that name a bad file,
-and `show`, the form in which messages print a path."""
+`show`, the form in which messages print a path, and `json_digest`, the one way to hash a JSON-able value."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
 
 def show(path) -> str:
@@ -15,6 +19,12 @@ def show(path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def json_digest(obj, length: int | None = None) -> str:
+    """sha256 hex digest of `obj` as sorted-key JSON (values JSON cannot hold written with str), cut to `length`
+    hex digits when given: the key of run folders, profiles, chain stages and study records."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -63,8 +73,6 @@ def read_json(path):
 
 def atomic_save_tensors(path, tensors: dict, metadata: dict | None = None) -> None:
     """Save a dict of tensors as safetensors, atomically. Metadata values become strings."""
-    from safetensors.torch import save
-
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     atomic_write_bytes(path, save(tensors, metadata=meta))
@@ -72,15 +80,11 @@ def atomic_save_tensors(path, tensors: dict, metadata: dict | None = None) -> No
 
 def load_tensors(path) -> dict:
     """Load a safetensors file, naming the file and the fix when it is missing or corrupt."""
-    from safetensors.torch import load_file
-
     return _read(path, lambda p: load_file(str(p)), "a safetensors file")
 
 
 def read_metadata(path) -> dict:
     """The string metadata of a safetensors file, naming the file when it is missing or corrupt."""
-    from safetensors import safe_open
-
     def metadata(p):
         with safe_open(str(p), framework="pt") as f:
             return f.metadata() or {}
