@@ -3,7 +3,7 @@
 The write-up's bracket is the order effect of plain SGD: θ_AB − θ_BA = lr²[v_A, v_B] + O(lr³).
 The network was trained with Adam, whose steps depend on a state (moments m, v, step count t),
 and with Adam the order of two steps matters already at first order in lr. This module derives
-the expansion, computes both orders of it, and defines the bilinear curvature part: Adam's bracket.
+the expansion, computes both of its parts, and defines the bilinear curvature part: Adam's bracket.
 
 Notation. θ₀ the parameters, (m₀, v₀, t) the Adam state there (t steps taken so far), β1, β2,
 ε, lr Adam's settings. A and B are examples or minibatches; a = g_A(θ₀), b = g_B(θ₀) the gradients
@@ -61,7 +61,7 @@ preconditioner inside, P₁, is the one after the first step (its v̂₁ holds t
 the order AB); the one outside, in J₂, is after the second step (v̂₂ holds both). v enters S twice:
 through these order-dependent preconditioners, and through J₂'s second term (the curvature change
 of the second gradient, −lr·H_B u₁, moves v₂ by −2lr(1−β2)·g₂·H_B u₁). These second-moment terms
-are of degree three or more in the gradients (v holds g²), so no bilinear quantity can contain them.
+depend on the gradients through g² inside P, so no bilinear quantity can contain them.
 
 Adam's bracket. Freeze the preconditioner at the state's, P = P₀ = 1/(√v̂₀ + ε) with
 v̂₀ = v₀/(1 − β2^t), and drop J₂'s v term; then S = lr²·κ·𝔅(A, B) exactly, with κ = (1−β1)·c₁·c₂ and
@@ -80,7 +80,11 @@ multiplies whole steps, so the exact form carries the raw m₀ (m₀ = m̂₀·(
 Why P₀: v̂₁ = v̂₀ exactly when a² = v̂₀ (a gradient as large as the state's second moment says),
 and likewise v̂₂; in general the remainder S/lr² − κ𝔅 is O(w) relative, w = (1−β2)/d_k the new
 gradient's weight in v̂ (≈ 1/(t+k) early in training, → 1 − β2 late), and only O(√v̂/ε) relative
-when ε dominates √v̂ (then P hardly depends on v). Scales of 𝔅 (`AdamState.scales`):
+when ε dominates √v̂ (then P hardly depends on v). Measured on a tanh MLP (float64, minibatches of 1 and
+4, Adam lr 1e-2, betas (0.8, 0.999), random minibatches before): ‖S/lr² − κ𝔅‖/‖S/lr²‖ was 1.5-1.6 at
+t = 4, 0.22-0.33 at t = 20 and 0.017-0.019 at t = 200 (cosine 0.57-0.71, 0.98, 0.9999). Early in
+training the second-moment terms are not small: compare real swaps with adam_swap_expansion, whose S
+keeps them. Scales of 𝔅 (`AdamState.scales`):
 
     immediately after the two steps   S ≈ lr²·(1−β1)·c₁·c₂·𝔅
     after momentum has drained         lr²·γ·c₁·𝔅      (P held fixed, no later gradients; → lr²·𝔅 for large t)
@@ -93,6 +97,10 @@ and P grows by a common factor where ε ≪ √v̂: that changes the drained sca
 Validity: the expansion needs the preconditioner not to move much within one step,
 lr·|H_B u₁| ≪ √v̂ coordinatewise; coordinates where v₂ = 0 (never a gradient) get no v term, which
 is right to O(lr³) there.
+
+Checked (tests/test_adam_bracket.py, float64; tanh MLP and a conv net with BatchNorm in eval and in
+train mode; Adam states after 5 real steps): fitted log-log slopes over lr 1e-2..1e-4 of ‖real swap‖,
+‖real − F‖ and ‖real − F − S‖ were 0.99-1.00, 1.99-2.00 and 3.00-3.02.
 
 Functions (conventions of `brackets`: fields are dicts name -> tensor over the trainable
 parameters, bn_mode as there, the model is never changed; `batch`: examples are minibatches):
@@ -109,6 +117,7 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import grad, vmap
@@ -232,12 +241,13 @@ class AdamState:
         "immediate" κ = (1−β1)·c₁·c₂ right after the two steps, "drained" γ·c₁ once momentum has paid out."""
         beta1 = self.betas[0]
         c1, c2 = self.corrections(1)[0], self.corrections(2)[0]
-        gamma, j = 0.0, 0
-        while True:   # γ = Σ_j (1−β1) β1^j c_{2+j}; the terms fall like β1^j
-            term = (1 - beta1) * beta1 ** j * self.corrections(2 + j)[0]
-            gamma += term
-            j += 1
-            if term < 1e-17 * gamma or beta1 == 0:
+        gamma, start = 0.0, 0
+        while True:   # γ = Σ_j (1−β1) β1^j c_{2+j}, in vectorised chunks: the terms fall like β1^j
+            j = np.arange(start, start + 100_000, dtype=np.float64)
+            terms = (1 - beta1) * beta1 ** j / (1 - beta1 ** (self.step + 2 + j))
+            gamma += float(terms.sum())
+            start += len(j)
+            if beta1 == 0 or terms[-1] < 1e-17 * gamma:
                 break
         return {"immediate": (1 - beta1) * c1 * c2, "drained": gamma * c1}
 
