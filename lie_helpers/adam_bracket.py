@@ -289,7 +289,8 @@ def adam_swap_expansion(model: nn.Module, loss_fn: Callable, example_a, example_
             p2 = 1 / (root + eps)
             total[n] = u1[n] + c2 * m2 * p2
             safe = torch.where(root > 0, root, torch.ones_like(root))
-            through_v = torch.where(root > 0, (1 - beta2) / d2 * (c2 * m2) * gy * p2 ** 2 / safe, torch.zeros_like(root))
+            through_v = torch.where(root > 0, (1 - beta2) / d2 * (c2 * m2) * gy * p2 ** 2 / safe,
+                                    torch.zeros_like(root))   # no v term where v₂ = 0 (module docstring)
             jacobian[n] = (1 - beta1) * c2 * p2 - through_v
         h = hvp(model, loss_fn, ex[y], u1, bn_mode=bn_mode, batch=batch)
         return total, {n: jacobian[n] * h[n] for n in params}
