@@ -18,10 +18,10 @@ import time
 import torch
 
 import lie_helpers as lh
-from lie_helpers.adam_bracket import AdamState, adam_bracket_matrix
-from lie_helpers.bench import benchmark_model, random_examples, synchronize
-from lie_helpers.brackets import bracket_mode, relative_error
-from lie_helpers.losses import get_loss
+from lie_helpers.engine.adam import AdamState, adam_bracket_matrix
+from lie_helpers.pipeline.bench import benchmark_model, random_examples, synchronize
+from lie_helpers.engine.brackets import bracket_mode, relative_error
+from lie_helpers.training.losses import get_loss
 
 
 def warm_state(model, loss_fn, inputs, targets, profile, steps: int = 3) -> AdamState:
@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     profile = lh.get_profile("default")
-    model = benchmark_model(profile, device, dtype)          # lie_helpers.train.build_model(profile), BN warmed
+    model = benchmark_model(profile, device, dtype)          # lie_helpers.training.train.build_model(profile), BN warmed
     inputs, targets = random_examples(profile, args.examples, device, dtype)
     loss_fn = get_loss(profile.loss)
     state = warm_state(model, loss_fn, inputs, targets, profile)

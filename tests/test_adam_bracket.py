@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lie_helpers import adam_bracket as AB
-from lie_helpers.brackets import (bracket_matrix, bracket_mode, field_norm, gradient, lie_bracket, parameters_of,
+from lie_helpers.engine import adam as AB
+from lie_helpers.engine.brackets import (bracket_matrix, bracket_mode, field_norm, gradient, lie_bracket, parameters_of,
                                   relative_error)
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
