@@ -22,6 +22,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 SETUP_KEY = $(shell cat pyproject.toml constraints.txt | $(PYTHON) -c "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
 CHECK_RUN := runs/check
+# nbval's copies: notebook 00 (the lesson, checked against its committed outputs) and the ci profile's notebooks
+NBVAL_DIR := runs/nbval
 
 .PHONY: setup run test study bench gpu-check clean-runs publish-links
 
@@ -43,12 +45,19 @@ setup:
 run: setup
 	$(PY) -m lie_helpers.chain --profile $(PROFILE) $(ARGS)
 
-# pytest exits 5 when it collects nothing; that is not a failure. The default chain runs into
-# its own folder (runs/check, resumed when up to date), so `make test` never touches runs/default;
-# its results are then compared with tests/result_checks.toml at measured tolerances.
+# pytest exits 5 when it collects nothing; that is not a failure. nbval then checks notebook 00 (the lesson,
+# float64 toy problems) against its committed outputs, with tests/nbval_sanitize.cfg for what varies between
+# machines (round-off, timings), and runs every notebook of the ci profile top to bottom in a fresh kernel (lax:
+# no output compared). The default chain runs into its own folder (runs/check, resumed when up to date), so
+# `make test` never touches runs/default; its results are then compared with tests/result_checks.toml at
+# measured tolerances.
 test: setup
 	$(PY) -m pytest tests/ || [ $$? -eq 5 ]
 	$(PY) -m lie_helpers.chain --profile ci --no-progress-bar
+	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)/lesson && cp notebooks/00_theory.ipynb $(NBVAL_DIR)/lesson/
+	$(PY) -m pytest -p no:cacheprovider --nbval $(NBVAL_DIR)/lesson --nbval-sanitize-with tests/nbval_sanitize.cfg
+	$(PY) -m lie_helpers.chain --profile ci --nbval-copies $(NBVAL_DIR)/ci
+	$(PY) -m pytest -p no:cacheprovider --nbval-lax $(NBVAL_DIR)/ci
 	$(PY) -m lie_helpers.chain --profile default --run-dir $(CHECK_RUN) --no-progress-bar
 	$(PY) -m lie_helpers.training.results $(CHECK_RUN)
 

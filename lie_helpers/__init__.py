@@ -1,13 +1,15 @@
 """lie_helpers: training examples as vector fields on parameter space, and their Lie brackets.
 
-The bracket engine is exported here; the rest lives in submodules:
-`toy` (quadratics and small nets for the theory), `attributes` and `celeba` (CelebA's format, loading
-and cache), `generated_celeba` (CelebA-format data drawn offline), `mxresnet` (model), `losses`,
-`train` (training with checkpoints), `analysis` (brackets at checkpoints), `summaries`, `plots`,
-`bracket_figures`, `hypothesis`, `stats` (tests and intervals over seeds) and `symmetry` (notebooks 03-05),
-`example_sets` (stratified bracket examples and pushforward batches; a model's fit to the true posterior),
-`order_effects` (real swaps of training steps), `chain` (the papermill chain),
-`bench` (timing helpers of the benchmarks) and `gpu_check` (the GPU check, `make gpu-check`).
+The bracket engine is exported here (lie_bracket, bracket_matrix, ...). The rest lives in sub-packages,
+in the order data flows (each imports only from those before it; tests/test_layers.py enforces it):
+
+    engine     brackets (SGD's and Adam's), swap differences, toy problems, numerics
+    data       CelebA's format and reading, the generated data, atomic storage
+    training   profiles, MXResNet, losses, training with checkpoints, the run folder, results
+    analysis   bracket records, first-order baselines, the RMS law, the currency, order effects, symmetry
+    study      many runs: the study's design, records, contrasts, verdict, statistics, side runs
+    figures    every figure a notebook saves, and the heatmap page
+    pipeline   the notebook chain, distributed analysis, the GPU check, benchmarks, publishing
 """
 __version__ = "0.1.0"
 
@@ -27,7 +29,9 @@ from .engine.brackets import (
     rms_per_tensor,
     swap_difference,
 )
+from .engine.adam import AdamState, adam_bracket, adam_bracket_matrix
 from .training.config import get_profile
 
 __all__ = ["BracketMatrix", "bracket_matrix", "gradient", "hvp", "lie_bracket", "pushforward",
-           "relative_error", "rms_per_tensor", "swap_difference", "get_profile"]
+           "relative_error", "rms_per_tensor", "swap_difference", "AdamState", "adam_bracket",
+           "adam_bracket_matrix", "get_profile"]

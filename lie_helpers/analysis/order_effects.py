@@ -41,6 +41,7 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
@@ -270,7 +271,6 @@ def summarise(swaps: list[Swap]) -> dict:
     """One row per swap: the real effect's size, the predictions' cosine with it and size relative to it,
     the positive control, the order in lr, the running statistics' share, and what is left after Adam's
     moments (its size relative to the real effect and its cosine with the bracket)."""
-    import scipy.stats
 
     rows = []
     for s in swaps:

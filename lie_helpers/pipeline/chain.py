@@ -42,7 +42,14 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
+
+import nbformat
+import papermill
+from jupyter_client.kernelspec import KernelSpecManager
+from papermill.exceptions import PapermillExecutionError
+from papermill.parameterize import parameterize_notebook
 
 from .. import PACKAGE_DIR, REPO_DIR
 from ..training.config import PROFILES, get_profile, run_folder_name
@@ -129,7 +136,6 @@ def package_fingerprint(package_dir=PACKAGE_DIR) -> str:
     """Hash of the lie_helpers sources the notebooks run and of the arithmetic they run with
     (torch's version, the CPU count, `ARITHMETIC_VARIABLES`). The chain itself (this file) is
     left out: how stages are run does not change what they compute."""
-    from importlib.metadata import version
     files = sorted(p for p in Path(package_dir).rglob("*.py")
                    if p.name != "chain.py" and "__pycache__" not in p.parts)
     arithmetic = {"torch": version("torch"), "cpus": os.cpu_count(),
@@ -226,7 +232,6 @@ def kernel_warning(kernel_name=KERNEL_NAME):
     """A warning when `kernel_name` would not run this interpreter (a user-level kernelspec
     shadowing ipykernel's own), else None: the notebooks must see this environment."""
     try:
-        from jupyter_client.kernelspec import KernelSpecManager
         argv0 = KernelSpecManager().get_kernel_spec(kernel_name).argv[0]
     except Exception as err:  # no such kernel: papermill will say so with the notebook named
         return f"kernel {kernel_name!r} not found ({err})."
@@ -243,7 +248,6 @@ def kernel_warning(kernel_name=KERNEL_NAME):
 
 def _failure_message(stage: Stage, err) -> str:
     """Name the notebook, the cell and the exception, and where the partial notebook is."""
-    from papermill.exceptions import PapermillExecutionError
 
     where = show(stage.source)
     if isinstance(err, PapermillExecutionError):
@@ -342,7 +346,6 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
     log(f"Chain '{profile}': {len(stages)} notebooks → {show(run_root)}"
         + (f" (overrides {overrides})" if overrides else ""))
 
-    import papermill
     results, previous = [], None
     for i, stage in enumerate(stages, 1):
         label = f"[{i}/{len(stages)}] {stage.name:<{width}}"
@@ -451,6 +454,27 @@ def _plan(profile: str, notebooks_dir, runs_root, run_dir, overrides) -> Plan:
     return Plan(notebooks_dir, run_root, own_folder, overrides, parameters, stages)
 
 
+def parameterised_copies(profile: str, dest, *, notebooks_dir=None, runs_root=None, run_dir=None,
+                         overrides=None) -> list[Path]:
+    """Each stage's notebook, unexecuted, with the chain's parameters injected and its folders made absolute (the
+    run folder, the data), written to `dest`: what `pytest --nbval-lax DEST` runs top to bottom in a fresh kernel,
+    from any directory, against the same run folder as the chain (whose finished work it reuses)."""
+    plan = _plan(profile, notebooks_dir, runs_root, run_dir, overrides)
+    data_root = (plan.notebooks_dir / get_profile(profile, **plan.overrides).data_root).resolve()
+    given = {**plan.overrides, "data_root": str(data_root)}
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stage in plan.stages:
+        parameters = notebook_parameters(profile, given, plan.run_root, notebook_profile(stage.source))
+        notebook = nbformat.read(stage.source, as_version=4)
+        notebook.metadata.setdefault("papermill", {})
+        notebook = parameterize_notebook(notebook, parameters)
+        atomic_write_bytes(dest / stage.source.name, nbformat.writes(notebook).encode())
+        written.append(dest / stage.source.name)
+    return written
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lie_helpers.chain", description=__doc__.split("\n\n")[0],
@@ -468,12 +492,20 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", type=Path, metavar="DIR",
                         help="run folder (default: runs/<profile>, or runs/<profile>-<overrides>-<hash> with "
                              "--set); its figures are not copied to figures/")
+    parser.add_argument("--nbval-copies", type=Path, metavar="DIR",
+                        help="write the profile's notebooks with their parameters and absolute folders to DIR, run "
+                             "nothing (`pytest --nbval-lax DIR` then executes them against the same run folder)")
     parser.add_argument("--root", type=Path, default=REPO_DIR,
                         help="folder holding notebooks/, runs/ and figures/ (default: the repository)")
     args = parser.parse_args(argv)
     folders = {"notebooks_dir": args.root / "notebooks", "runs_root": args.root / "runs"}
     try:
         overrides = parse_overrides(args.overrides)
+        if args.nbval_copies:
+            for path in parameterised_copies(args.profile, args.nbval_copies, overrides=overrides, run_dir=args.run_dir,
+                                             **folders):
+                say(f"wrote {show(path)}")
+            return 0
         if args.list:
             list_stages(args.profile, overrides=overrides, run_dir=args.run_dir, **folders)
             return 0

@@ -52,13 +52,13 @@ def _plain(value):
     return value
 
 
-def record(run_root, notebook: str, **values) -> dict:
-    """Merge `values` into the results of `notebook` ("00" … "05"); returns everything recorded."""
+def record(run_root, notebook: str, **values) -> None:
+    """Merge `values` into the results of `notebook` ("00" … "05") in the run folder (a notebook cell that ends
+    with it shows nothing: what it records depends on the run folder, not only on the cell)."""
     path = results_dir(run_root) / f"{notebook}.json"
     current = read_json(path) if path.exists() else {}
     current.update({name: _plain(v) for name, v in values.items()})
     atomic_write_json(path, current)
-    return current
 
 
 def load(run_root) -> dict:
