@@ -1,0 +1,291 @@
+"""Source-attributed brackets: which loss terms create a bracket (issue 19, part 1).
+
+A loss that is a sum of per-output terms, L_x = Σ_k ℓ_{x,k}, splits every example's gradient into
+per-source gradients g_x = Σ_k g_{x,k}, g_{x,k} = ∇θ ℓ_{x,k} (a softmax group's cross-entropy is one
+source). The bracket is bilinear in the fields, so it splits exactly:
+
+    [v_x, v_y] = H_y g_x − H_x g_y = Σ_k S_k,   S_k = H_y g_{x,k} − H_x g_{y,k}      (source part)
+
+S_k is the part of the bracket whose *transported gradient* comes from term k (H_y and H_x are the
+full Hessians of the two examples' losses). The bilinear split goes one step further,
+[v_x, v_y] = Σ_{k,l} [v_{x,k}, v_{y,l}], with [v_{x,k}, v_{y,l}] = H_{y,l} g_{x,k} − H_{x,k} g_{y,l}, and its
+diagonal
+
+    D_k = [v_{x,k}, v_{y,k}] = H_{y,k} g_{x,k} − H_{x,k} g_{y,k}                        (self part)
+
+is the bracket of the two examples' term-k fields alone. The self parts do NOT sum to the bracket
+(the rest, Σ_{k≠l} [v_{x,k}, v_{y,l}], is interaction between terms).
+
+Known answers under a dose (term m's loss multiplied by w at a fixed checkpoint; lie_helpers.controls):
+  D_m(w) = w² D_m                     (exactly: both fields scale by w)
+  S_m(w) = w S_m + (w² − w) D_m       (exactly: g_{·,m} scales by w, and H gains (w − 1) H_{·,m})
+  J·g_{x,m}(w) = w J·g_{x,m}          (exactly)
+so only the self part is a pure power w²; the source part's log-slope lies between 1 and 2, fixed in
+advance by the two w = 1 quantities.
+
+Everything is pushed onto the logits of a fixed batch (a Jacobian-vector product, as
+brackets.pushforward): per (pair, source) a [batch, outputs] array, and J·v_{x,k} = −J·g_{x,k} per
+(example, source), the sign of baselines.gradient_pushforward.
+
+Requirements: the loss is separable by source (each term depends on its own outputs only), which
+holds for lie_helpers.losses' losses; `source_terms` gives the terms (a loss object may define its
+own `source_terms(logits, targets)` and `source_layout(n_outputs)`). BatchNorm in eval mode
+(brackets.bracket_mode), TF32 off; the model is left as it was.
+
+Cost (benchmarks/bench_source_brackets.py): every source costs two Hessian-vector products per pair
+and one batch pushforward, so all K sources cost about K times the plain bracket. `sources` picks the
+ones a readout needs and adds a "rest" source (the gradient minus theirs), so the parts still sum to
+the bracket exactly at a cost of about (len(sources) + 1) times the plain bracket.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, jvp, vmap
+
+from .attributes import ATTRIBUTES
+from .brackets import BracketMatrix, bracket_mode, check_example, check_pairs, parameters_of
+from .losses import IndependentBCE, SoftmaxGroupLoss
+
+REST = "rest"
+TANGENTS_PER_CALL = 48     # Hessian-vector products in one vmapped call (memory bound)
+
+
+# ----------------------------------------------------------------------------- sources of a loss
+
+
+@dataclass(frozen=True)
+class Source:
+    """One loss term: its name and the output indices it depends on."""
+    name: str
+    outputs: tuple
+
+
+def source_layout(loss_fn, n_outputs: int) -> list[Source]:
+    """The loss terms of `loss_fn` in the order of `source_terms`' columns.
+
+    IndependentBCE: one term per output (named by attribute when there are 40 outputs).
+    Other SoftmaxGroupLoss: one term per ungrouped attribute, then one per softmax group (named
+    by its members joined with "+", covering the members' and the "none" logits).
+    """
+    if hasattr(loss_fn, "source_layout"):
+        return loss_fn.source_layout(n_outputs)
+    if isinstance(loss_fn, IndependentBCE):
+        names = ATTRIBUTES if n_outputs == len(ATTRIBUTES) else [f"output {k}" for k in range(n_outputs)]
+        return [Source(names[k], (k,)) for k in range(n_outputs)]
+    if isinstance(loss_fn, SoftmaxGroupLoss):
+        if n_outputs != loss_fn.n_outputs:
+            raise ValueError(f"{type(loss_fn).__name__} has {loss_fn.n_outputs} outputs, the model {n_outputs}.")
+        sources = [Source(ATTRIBUTES[i], (k,)) for k, i in enumerate(loss_fn.binary_index)]
+        for where, members in zip(loss_fn.group_slices(), loss_fn.group_index):
+            sources.append(Source("+".join(ATTRIBUTES[i] for i in members), tuple(range(where.start, where.stop))))
+        return sources
+    raise TypeError(f"No source layout for {type(loss_fn).__name__}: use a lie_helpers.losses loss, or give the "
+                    "loss `source_terms(logits, targets)` and `source_layout(n_outputs)` methods.")
+
+
+def source_terms(loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[batch, sources]: the loss's terms, summing to loss_fn(logits, targets) (same normalisation)."""
+    if hasattr(loss_fn, "source_terms"):
+        return loss_fn.source_terms(logits, targets)
+    if isinstance(loss_fn, IndependentBCE):               # mean over batch × outputs
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none") / logits.numel()
+    if isinstance(loss_fn, SoftmaxGroupLoss):
+        norm = logits.shape[0] * len(ATTRIBUTES)
+        n_binary = len(loss_fn.binary_index)
+        terms = [F.binary_cross_entropy_with_logits(logits[:, :n_binary], targets[:, loss_fn.binary_index].to(logits.dtype),
+                                                    reduction="none") / norm]
+        for where, members in zip(loss_fn.group_slices(), loss_fn.group_index):
+            group = F.cross_entropy(logits[:, where], loss_fn.group_targets(targets, members).to(logits.dtype),
+                                    reduction="none")
+            terms.append(loss_fn.group_weight * group[:, None] / norm)
+        return torch.cat(terms, dim=1)
+    raise TypeError(f"No source terms for {type(loss_fn).__name__}: use a lie_helpers.losses loss, or give the "
+                    "loss a `source_terms(logits, targets)` method.")
+
+
+def source_index(loss_fn, n_outputs: int, source) -> int:
+    """A source given by index or by name (an attribute, or a group's "A+B")."""
+    layout = source_layout(loss_fn, n_outputs)
+    if isinstance(source, str):
+        names = [s.name for s in layout]
+        if source not in names:
+            raise ValueError(f"Unknown source {source!r}; sources are {names}.")
+        return names.index(source)
+    if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source < len(layout):
+        raise ValueError(f"source must be a name or an index in [0, {len(layout)}), got {source!r}.")
+    return source
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class SourceBrackets:
+    """Per-source bracket parts among N examples, pushed onto a fixed batch's logits.
+
+    pushforward[p, s]      = J_B S_s of pair p (pairs as BracketMatrix(n).pairs), [pairs, sources, batch, outputs];
+                             summing over sources gives the bracket's pushforward J_B [v_i, v_j];
+    self_pushforward[p, s] = J_B D_s (self part; None unless asked), same shape; for "rest" the bracket of the
+                             two examples' rest fields [v_{i,rest}, v_{j,rest}];
+    first_order[e, s]      = J_B v_{e,s} = −J_B g_{e,s}, [examples, sources, batch, outputs];
+    parameter_space / self_parameter_space: name -> [pairs, sources, *shape] when kept (small models).
+    sources: names, "rest" last when the sources were a subset.
+    """
+    n: int
+    sources: list
+    pushforward: torch.Tensor
+    first_order: torch.Tensor
+    self_pushforward: torch.Tensor | None = None
+    parameter_space: dict | None = None
+    self_parameter_space: dict | None = None
+    pairs: list = field(default_factory=list)
+
+    @property
+    def bracket_pushforward(self) -> torch.Tensor:
+        """[pairs, batch, outputs]: J_B [v_i, v_j], the sum of the source parts."""
+        return self.pushforward.sum(dim=1)
+
+    @property
+    def gradient_pushforward(self) -> torch.Tensor:
+        """[examples, batch, outputs]: J_B v_e, the sum of the first-order source parts."""
+        return self.first_order.sum(dim=1)
+
+
+def selection(n_terms: int, chosen: list[int], rest: bool, dtype, device) -> torch.Tensor:
+    """[sources, n_terms] weights of the terms each source sums: one-hot rows, and the complement for "rest"."""
+    rows = torch.zeros(len(chosen) + rest, n_terms, dtype=dtype, device=device)
+    rows[torch.arange(len(chosen)), torch.tensor(chosen, dtype=torch.long)] = 1
+    if rest:
+        rows[-1] = 1 - rows[:-1].sum(0)
+    return rows
+
+
+def _chunked(fn, tensors: list, chunk: int):
+    """fn over the leading dimension of every tensor (dicts of tensors too) in chunks; concatenated."""
+    def take(t, a, b):
+        return {k: v[a:b] for k, v in t.items()} if isinstance(t, dict) else t[a:b]
+    first = tensors[0]
+    n = next(iter(first.values())).shape[0] if isinstance(first, dict) else first.shape[0]
+    outs = [fn(*[take(t, a, a + chunk) for t in tensors]) for a in range(0, n, chunk)]
+    if isinstance(outs[0], dict):
+        return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    return torch.cat(outs)
+
+
+def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor, *,
+                    sources=None, self_part: bool = False, keep_parameter_space: bool = False,
+                    pairs=None, tangents_per_call: int = TANGENTS_PER_CALL) -> SourceBrackets:
+    """Source parts S_k (and with `self_part` the self parts D_k) of every bracket among the examples
+    (inputs[i:i+1], targets[i:i+1]), pushed onto `batch`; and each example's per-source J·v.
+
+    sources: None for every term of the loss; else a list of sources (indices or names, source_layout)
+    plus a "rest" source that holds every other term, so the parts always sum to the bracket.
+    pairs: as bracket_matrix (default every i < j).
+
+    Per example: the per-source gradients g_{e,s} in one vmapped call (reverse mode, one cotangent per
+    source). Per pair (i, j): H_j g_{i,s} and H_i g_{j,s} for all s in vmapped reverse-over-forward
+    Hessian-vector products sharing the example's forward pass (with `self_part` also H_{j,s} g_{i,s}
+    and H_{i,s} g_{j,s}, the Hessian of term s alone, in the same call); then the differences pushed
+    onto the batch in one vmapped Jacobian-vector product sharing the batch's forward pass.
+    Memory: N·S gradients plus 2·S (4·S with self parts) products, S = number of sources.
+    """
+    params = parameters_of(model)
+    dtype = next(iter(params.values())).dtype
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(f"inputs and targets hold different numbers of examples: {inputs.shape[0]} and {targets.shape[0]}.")
+    n = inputs.shape[0]
+    if n < 2:
+        raise ValueError(f"source_brackets needs at least 2 examples, got {n}.")
+    check_example((inputs[:1], targets[:1]), "inputs[0]", params)
+    if batch.dtype != dtype:
+        raise ValueError(f"batch is {batch.dtype} but the model is {dtype}: convert one.")
+    pairs = check_pairs(n, pairs)
+
+    def logits_at(p, x):
+        return functional_call(model, p, (x,))
+
+    def terms_at(p, x, t):                               # [terms] of one example
+        return source_terms(loss_fn, logits_at(p, x), t)[0]
+
+    with bracket_mode(model), torch.no_grad():
+        n_outputs = model(inputs[:1]).shape[1]
+    layout = source_layout(loss_fn, n_outputs)
+    if sources is None:
+        chosen, rest = list(range(len(layout))), False
+    else:
+        chosen = [source_index(loss_fn, n_outputs, s) for s in sources]
+        if len(set(chosen)) != len(chosen) or not chosen:
+            raise ValueError(f"sources must be distinct and not empty, got {sources!r}.")
+        rest = len(chosen) < len(layout)
+    names = [layout[k].name for k in chosen] + ([REST] if rest else [])
+    sel = selection(len(layout), chosen, rest, dtype, inputs.device)               # [S, terms]
+    ones = torch.ones_like(sel)
+    n_sources = sel.shape[0]
+
+    def selected_loss(p, x, t, s):
+        return (s * terms_at(p, x, t)).sum()
+
+    def directional(p, x, t, v, s):                      # d/dε Σ s·terms(θ + εv)
+        return jvp(lambda q: selected_loss(q, x, t, s), (p,), (v,))[1]
+
+    source_gradients = vmap(grad(selected_loss), in_dims=(None, None, None, 0))
+    hvps = vmap(grad(directional), in_dims=(None, None, None, 0, 0))              # primal shared, tangents batched
+
+    def push(v):                                          # [T, batch, outputs]
+        return vmap(lambda u: jvp(lambda p: logits_at(p, batch), (params,), (u,))[1])(v)
+
+    with bracket_mode(model):
+        grads = [source_gradients(params, inputs[e:e + 1], targets[e:e + 1], sel) for e in range(n)]
+        first_order = torch.stack([-_chunked(push, [g], tangents_per_call) for g in grads]).detach()
+
+        def products(e, tangents, weights):
+            return _chunked(lambda v, s: hvps(params, inputs[e:e + 1], targets[e:e + 1], v, s),
+                            [tangents, weights], tangents_per_call)
+
+        pushed, self_pushed, kept, self_kept = [], [], [], []
+        for i, j in pairs:
+            if self_part:                                 # full Hessians, then term-s Hessians, in one call
+                both = lambda g: {k: torch.cat([t, t]) for k, t in g.items()}  # noqa: E731
+                weights = torch.cat([ones, sel])
+                hj, hi = products(j, both(grads[i]), weights), products(i, both(grads[j]), weights)
+                part = {k: hj[k][:n_sources] - hi[k][:n_sources] for k in hj}
+                own = {k: hj[k][n_sources:] - hi[k][n_sources:] for k in hj}
+                self_pushed.append(_chunked(push, [own], tangents_per_call).detach())
+                if keep_parameter_space:
+                    self_kept.append({k: t.detach() for k, t in own.items()})
+            else:
+                hj, hi = products(j, grads[i], ones), products(i, grads[j], ones)
+                part = {k: hj[k] - hi[k] for k in hj}
+            pushed.append(_chunked(push, [part], tangents_per_call).detach())
+            if keep_parameter_space:
+                kept.append({k: t.detach() for k, t in part.items()})
+
+    def stacked(rows):
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]} if rows else None
+
+    return SourceBrackets(n=n, sources=names, pushforward=torch.stack(pushed), first_order=first_order,
+                          self_pushforward=torch.stack(self_pushed) if self_part else None,
+                          parameter_space=stacked(kept) if keep_parameter_space else None,
+                          self_parameter_space=stacked(self_kept) if keep_parameter_space and self_part else None,
+                          pairs=pairs)
+
+
+# ----------------------------------------------------------------------------- readouts
+
+
+def source_magnitude(parts: torch.Tensor, outputs=None) -> torch.Tensor:
+    """[pairs or examples, sources, batch, outputs] -> [sources]: RMS over the batch and the chosen `outputs`
+    (all by default), then the median over pairs (examples).
+
+    Both steps are positively homogeneous, so a part scaled by c has its magnitude scaled by exactly c:
+    the dose's known answers carry over to this readout unchanged.
+    """
+    parts = parts if outputs is None else parts[..., list(outputs)]
+    return parts.double().pow(2).mean(dim=(2, 3)).sqrt().median(dim=0).values
+
+
+def pairs_of(n: int) -> list:
+    return BracketMatrix(n).pairs
