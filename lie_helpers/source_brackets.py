@@ -50,7 +50,8 @@ from .brackets import BracketMatrix, bracket_mode, check_example, check_pairs, p
 from .losses import IndependentBCE, SoftmaxGroupLoss
 
 REST = "rest"
-TANGENTS_PER_CALL = 48     # Hessian-vector products in one vmapped call (memory bound)
+TANGENTS_PER_CALL = 96     # Hessian-vector products of single examples in one vmapped call (memory bound)
+PUSH_PER_CALL = 48         # tangents of the pushforward batch in one vmapped call (memory bound)
 
 
 # ----------------------------------------------------------------------------- sources of a loss
@@ -163,6 +164,10 @@ def selection(n_terms: int, chosen: list[int], rest: bool, dtype, device) -> tor
     return rows
 
 
+def stack_fields(fields: list) -> dict:
+    return {k: torch.stack([f[k] for f in fields]) for k in fields[0]}
+
+
 def _chunked(fn, tensors: list, chunk: int):
     """fn over the leading dimension of every tensor (dicts of tensors too) in chunks; concatenated."""
     def take(t, a, b):
@@ -232,42 +237,56 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
         return jvp(lambda q: selected_loss(q, x, t, s), (p,), (v,))[1]
 
     source_gradients = vmap(grad(selected_loss), in_dims=(None, None, None, 0))
-    hvps = vmap(grad(directional), in_dims=(None, None, None, 0, 0))              # primal shared, tangents batched
+    hvps = vmap(grad(directional), in_dims=(None, None, None, 0, 0))    # one example: forward shared, tangents batched
 
     def push(v):                                          # [T, batch, outputs]
         return vmap(lambda u: jvp(lambda p: logits_at(p, batch), (params,), (u,))[1])(v)
 
+    def push_all(v):                                      # [..., *shape] -> [..., batch, outputs], chunked
+        lead = next(iter(v.values())).shape[:2]
+        flat = {k: t.reshape(-1, *t.shape[2:]) for k, t in v.items()}
+        return _chunked(push, [flat], PUSH_PER_CALL).detach().reshape(*lead, batch.shape[0], -1)
+
+    weights = torch.cat([ones, sel]) if self_part else ones       # [W, terms]: full Hessian (and term s's)
+    width = weights.shape[0]
+    per_example = vmap(hvps, in_dims=(None, 0, 0, 0, None))      # examples batched, each sharing its forward
+
     with bracket_mode(model):
-        grads = [source_gradients(params, inputs[e:e + 1], targets[e:e + 1], sel) for e in range(n)]
-        first_order = torch.stack([-_chunked(push, [g], tangents_per_call) for g in grads]).detach()
+        grads = stack_fields([source_gradients(params, inputs[e:e + 1], targets[e:e + 1], sel) for e in range(n)])
+        first_order = -push_all(grads)
 
-        def products(e, tangents, weights):
-            return _chunked(lambda v, s: hvps(params, inputs[e:e + 1], targets[e:e + 1], v, s),
-                            [tangents, weights], tangents_per_call)
+        def products(chunk):
+            """[2c, W, ...]: rows 2m and 2m + 1 are H_j g_i and H_i g_j of the m-th pair (i, j), for the W
+            (Hessian, source) combinations; several pairs in one call when the tangents fit, else one example
+            at a time in chunks of tangents."""
+            hessian = torch.tensor([e for i, j in chunk for e in (j, i)], device=inputs.device)
+            partner = torch.tensor([e for i, j in chunk for e in (i, j)], device=inputs.device)
+            tangents = {k: t[partner].repeat(1, width // n_sources, *[1] * (t.dim() - 2)) for k, t in grads.items()}
+            if 2 * len(chunk) * width <= tangents_per_call:
+                return per_example(params, inputs[hessian][:, None], targets[hessian][:, None], tangents, weights)
+            return stack_fields([_chunked(lambda v, w: hvps(params, inputs[e:e + 1], targets[e:e + 1], v, w),
+                                          [{k: t[m] for k, t in tangents.items()}, weights], tangents_per_call)
+                                 for m, e in enumerate(hessian.tolist())])
 
+        pairs_per_call = max(1, tangents_per_call // (2 * width))
         pushed, self_pushed, kept, self_kept = [], [], [], []
-        for i, j in pairs:
-            if self_part:                                 # full Hessians, then term-s Hessians, in one call
-                both = lambda g: {k: torch.cat([t, t]) for k, t in g.items()}  # noqa: E731
-                weights = torch.cat([ones, sel])
-                hj, hi = products(j, both(grads[i]), weights), products(i, both(grads[j]), weights)
-                part = {k: hj[k][:n_sources] - hi[k][:n_sources] for k in hj}
-                own = {k: hj[k][n_sources:] - hi[k][n_sources:] for k in hj}
-                self_pushed.append(_chunked(push, [own], tangents_per_call).detach())
-                if keep_parameter_space:
-                    self_kept.append({k: t.detach() for k, t in own.items()})
-            else:
-                hj, hi = products(j, grads[i], ones), products(i, grads[j], ones)
-                part = {k: hj[k] - hi[k] for k in hj}
-            pushed.append(_chunked(push, [part], tangents_per_call).detach())
+        for start in range(0, len(pairs), pairs_per_call):
+            h = products(pairs[start:start + pairs_per_call])
+            part = {k: t[0::2, :n_sources] - t[1::2, :n_sources] for k, t in h.items()}   # [c, S, ...]
+            pushed.append(push_all(part))
             if keep_parameter_space:
                 kept.append({k: t.detach() for k, t in part.items()})
+            if self_part:
+                own = {k: t[0::2, n_sources:] - t[1::2, n_sources:] for k, t in h.items()}
+                self_pushed.append(push_all(own))
+                if keep_parameter_space:
+                    self_kept.append({k: t.detach() for k, t in own.items()})
 
     def stacked(rows):
-        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]} if rows else None
+        return {k: torch.cat([r[k] for r in rows]) for k in rows[0]} if rows else None
 
-    return SourceBrackets(n=n, sources=names, pushforward=torch.stack(pushed), first_order=first_order,
-                          self_pushforward=torch.stack(self_pushed) if self_part else None,
+    return SourceBrackets(n=n, sources=names, pushforward=torch.cat(pushed), first_order=first_order,
+                          self_pushforward=torch.cat(self_pushed) if self_part else None,
                           parameter_space=stacked(kept) if keep_parameter_space else None,
                           self_parameter_space=stacked(self_kept) if keep_parameter_space and self_part else None,
                           pairs=pairs)
