@@ -132,11 +132,14 @@ def test_coverage_at_8_seeds_exact_for_a_symmetric_centre_whatever_the_tails():
 
 
 def test_coverage_on_skewed_data_is_reported_per_parameter():
-    """Skewed data: no exact target. Measured over 4000 studies of 8 seeds (seed 0; docs in the report):
-    lognormal − 1 and exponential − log 2 cover their mean below 0.95 and their median less still."""
+    """Skewed data have no centre of symmetry, so no parameter is covered exactly. Measured at 8 seeds over 4000
+    studies (seed 0; pseudo-median from 2 M draws): lognormal(0, 1) − 1 covers its median 0.947, its pseudo-median
+    0.946 and its mean only 0.851 (t interval: 0.958, 0.945, 0.836); exponential(1) − log 2: median 0.948,
+    pseudo-median 0.944, mean 0.904 (t: 0.946, 0.940, 0.892). So at this n the interval is one for a median-like
+    location, not the mean; here 1000 studies, enough to see the mean's shortfall."""
     for name in ("lognormal(0, 1) − 1 (skewed)", "exponential(1) − log 2 (skewed)"):
         sampler, truth = S.NON_GAUSSIAN[name]
         values = {"mean": truth["mean"], "median": truth["median"], "pseudo-median": S.pseudo_median(sampler, 200_000)}
-        result = S.sign_flip_coverage(sampler, values, n=8, n_simulations=1000)
-        assert set(result["sign-flip"]) == set(values)
-        assert all(0 <= v <= 1 for v in result["sign-flip"].values())
+        result = S.sign_flip_coverage(sampler, values, n=8, n_simulations=1000)["sign-flip"]
+        assert result["median"] > 0.93 and result["pseudo-median"] > 0.92
+        assert result["mean"] < 0.93
