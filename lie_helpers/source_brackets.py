@@ -190,12 +190,13 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
     plus a "rest" source that holds every other term, so the parts always sum to the bracket.
     pairs: as bracket_matrix (default every i < j).
 
-    Per example: the per-source gradients g_{e,s} in one vmapped call (reverse mode, one cotangent per
-    source). Per pair (i, j): H_j g_{i,s} and H_i g_{j,s} for all s in vmapped reverse-over-forward
-    Hessian-vector products sharing the example's forward pass (with `self_part` also H_{j,s} g_{i,s}
-    and H_{i,s} g_{j,s}, the Hessian of term s alone, in the same call); then the differences pushed
-    onto the batch in one vmapped Jacobian-vector product sharing the batch's forward pass.
-    Memory: N·S gradients plus 2·S (4·S with self parts) products, S = number of sources.
+    Per example: the per-source gradients g_{e,s} in one vmapped call (one reverse pass per source, the
+    forward shared). Per pair (i, j): H_j g_{i,s} and H_i g_{j,s} for all s by reverse-over-forward
+    Hessian-vector products, vmapped over the sources with each example's forward pass shared, and over
+    as many pairs as fit in `tangents_per_call` products (with `self_part` also H_{j,s} g_{i,s} and
+    H_{i,s} g_{j,s}, the Hessian of term s alone, in the same call); the differences are pushed onto the
+    batch in vmapped Jacobian-vector products that share the batch's forward pass (PUSH_PER_CALL at once).
+    Memory: N·S gradients, the products of one call, S = number of sources.
     """
     params = parameters_of(model)
     dtype = next(iter(params.values())).dtype
