@@ -21,7 +21,8 @@ from lie_helpers.baselines import gradient_pushforward
 from lie_helpers.bench import benchmark_model, random_examples, synchronize
 from lie_helpers.brackets import bracket_matrix, pushforward
 from lie_helpers.losses import get_loss
-from lie_helpers.source_brackets import source_brackets
+from lie_helpers.attributes import ATTRIBUTES
+from lie_helpers.source_brackets import source_brackets, source_brackets_on_outputs, sketched_source_magnitudes
 
 SUBSET = ["Black_Hair", "Brown_Hair", "Eyeglasses", "Heavy_Makeup"]   # what the study's readouts need, + rest
 
@@ -55,6 +56,15 @@ def main(argv=None) -> dict:
         "sources: 1 + rest, with self parts (one dose weight)": lambda: source_brackets(
             model, loss_fn, x, y, B, sources=["Eyeglasses"], self_part=True),
     }
+    eyeglasses = [ATTRIBUTES.index("Eyeglasses")]
+    hair = [ATTRIBUTES.index("Black_Hair"), ATTRIBUTES.index("Brown_Hair")]
+    configs.update({
+        "all 40 sources on 1 output (adjoint, exact)": lambda: source_brackets_on_outputs(
+            model, loss_fn, x, y, B, eyeglasses),
+        "all 40 sources on 2 outputs (adjoint, exact)": lambda: source_brackets_on_outputs(model, loss_fn, x, y, B, hair),
+        "all 40 sources, magnitude on all outputs (32 sketches)": lambda: sketched_source_magnitudes(
+            model, loss_fn, x, y, B, sketches=32),
+    })
     if not args.skip_all:
         configs["sources: all 40"] = lambda: source_brackets(model, loss_fn, x, y, B)
         configs["sources: all 40, with self parts"] = lambda: source_brackets(model, loss_fn, x, y, B, self_part=True)
