@@ -140,12 +140,13 @@ def relative_share(loss: str, d_logits: torch.Tensor, batch_logits: torch.Tensor
     return m - np.median(m)
 
 
-def source_readout(loss: str, parts: torch.Tensor, batch_logits: torch.Tensor, scale: str = "fisher") -> np.ndarray:
+def source_readout(loss: str, parts: torch.Tensor, batch_logits: torch.Tensor, scale: str = "fisher",
+                   attributes=None) -> np.ndarray:
     """[pairs or examples, sources, batch, outputs] -> [sources]: log10 magnitude of each source's part on all
-    the batch's attributes (Fisher scale by default, as the study), RMS over batch and attributes, median over
-    pairs (source_brackets.source_magnitude)."""
+    the batch's attributes (or the attribute indices `attributes`), Fisher scale by default as the study: RMS
+    over batch and attributes, median over pairs (source_brackets.source_magnitude)."""
     perturbation = attribute_perturbations(loss, parts, batch_logits[None, None], scale)
-    return source_magnitude(perturbation).log10().numpy()
+    return source_magnitude(perturbation, outputs=attributes).log10().numpy()
 
 
 def log_slope(weights, values) -> float:
@@ -166,7 +167,7 @@ class Readout:
     """One readout under the dose: its values per weight, the expectation stated before the run, and the check."""
     name: str
     values: np.ndarray               # [weights] log10 magnitudes (or relative shares)
-    expected_slope: float | None     # None: no known slope
+    expected_slope: float | None     # None: no known slope; for a known curve, the slope of that curve
     tolerance: float | None
     expected_values: np.ndarray | None = None   # an exact curve, when one is known
     slope: float = float("nan")
@@ -185,24 +186,29 @@ class DoseResult:
                  "passed": r.passed, "curve error": r.max_curve_error} for r in self.readouts.values()]
 
 
-def _expectations(weights) -> dict:
-    """The known answers, stated before any weight but 1 is run (see the module docstring)."""
-    return {
-        "source bracket, self part D_k": (2.0, TOLERANCE["bracket"]),
-        "source bracket, source part S_k": (None, None),                  # exact curve from w = 1, see below
-        "J·g, source k": (1.0, TOLERANCE["first_order"]),
-        "old relative share, bracket": (2.0, TOLERANCE["bracket"]),       # what a readout of term k must show
-        "old relative share, J·g": (1.0, TOLERANCE["first_order"]),
-        "whole bracket on attribute k (absolute)": (None, None),          # no known answer: mixes w and w²
-    }
+# The known answers, stated before any weight but 1 is run (module docstring): readout -> (expected slope,
+# tolerance). "curve": the exact curve w S_k + (w² − w) D_k that the w = 1 run fixes; None: no known answer.
+DOSE_EXPECTATIONS = {
+    "source bracket, self part D_k": (2.0, TOLERANCE["bracket"]),
+    "source bracket, self part D_k, on attribute k": (2.0, TOLERANCE["bracket"]),
+    "source bracket, source part S_k": ("curve", 1e-6),
+    "source bracket, source part S_k, on attribute k": ("curve", 1e-6),
+    "J·g, source k": (1.0, TOLERANCE["first_order"]),
+    "J·g, source k, on attribute k": (1.0, TOLERANCE["first_order"]),
+    "old relative share, bracket": (2.0, TOLERANCE["bracket"]),       # what a readout of term k must show
+    "old relative share, J·g": (1.0, TOLERANCE["first_order"]),
+    "whole bracket on attribute k (absolute)": (None, None),          # no known answer: mixes w and w²
+}
 
 
 def loss_weight_dose(model, loss_fn, inputs, targets, batch, source, weights=DOSE_WEIGHTS, *,
                      scale: str = "fisher", pairs=None) -> DoseResult:
     """Multiply source `source`'s loss term by each w in `weights` (the first must be 1) at the model's
-    checkpoint, and read every readout (the module docstring's known answers) at each w.
+    checkpoint, and read every readout of DOSE_EXPECTATIONS at each w.
 
-    source must be a binary term whose attribute is an output of the study's readout (its name is an attribute).
+    Source readouts: log10 of the part's RMS over the batch and all attributes (or attribute k alone), median
+    over pairs (examples for J·g), on `scale` (the study's Fisher scale by default). source must be a binary
+    term whose attribute is an output of the study's readout (its name is an attribute).
     """
     weights = tuple(float(w) for w in weights)
     if weights[0] != 1.0 or len(weights) < 2:
@@ -216,34 +222,40 @@ def loss_weight_dose(model, loss_fn, inputs, targets, batch, source, weights=DOS
         raise ValueError(f"Source {name!r} is no single attribute: the study's readout has no column for it.")
     attribute = ATTRIBUTES.index(name)
     loss = loss_name(loss_fn)
-    expectations = _expectations(weights)
-    values = {key: [] for key in expectations}
-    predicted_source = None
+
+    def read(parts, own=False):
+        return source_readout(loss, parts[:, :1], batch_logits, scale, attributes=[attribute] if own else None)[0]
+
+    values = {key: [] for key in DOSE_EXPECTATIONS}
+    curves = {}
     for w in weights:
         dosed = WeightedLoss(loss_fn, {k: w}, n_outputs)
         r = source_brackets(model, dosed, inputs, targets, batch, sources=[k], self_part=True, pairs=pairs)
         if w == 1.0:      # the exact curve of S_k(w) = w S_k + (w² − w) D_k, fixed before any other weight runs
             s1, d1 = r.pushforward[:, :1], r.self_pushforward[:, :1]
-            predicted_source = [source_readout(loss, v * s1 + (v * v - v) * d1, batch_logits, scale)[0] for v in weights]
-        values["source bracket, self part D_k"].append(source_readout(loss, r.self_pushforward[:, :1], batch_logits, scale)[0])
-        values["source bracket, source part S_k"].append(source_readout(loss, r.pushforward[:, :1], batch_logits, scale)[0])
-        values["J·g, source k"].append(source_readout(loss, r.first_order[:, :1], batch_logits, scale)[0])
+            for key, own in (("source bracket, source part S_k", False), ("source bracket, source part S_k, on attribute k", True)):
+                curves[key] = np.array([read(v * s1 + (v * v - v) * d1, own) for v in weights])
+        values["source bracket, self part D_k"].append(read(r.self_pushforward))
+        values["source bracket, self part D_k, on attribute k"].append(read(r.self_pushforward, True))
+        values["source bracket, source part S_k"].append(read(r.pushforward))
+        values["source bracket, source part S_k, on attribute k"].append(read(r.pushforward, True))
+        values["J·g, source k"].append(read(r.first_order))
+        values["J·g, source k, on attribute k"].append(read(r.first_order, True))
         values["old relative share, bracket"].append(relative_share(loss, r.bracket_pushforward, batch_logits, scale)[attribute])
         values["old relative share, J·g"].append(relative_share(loss, r.gradient_pushforward, batch_logits, scale)[attribute])
         whole = attribute_magnitudes(attribute_perturbations(loss, r.bracket_pushforward, batch_logits[None], scale)[None])
         values["whole bracket on attribute k (absolute)"].append(float(whole[0, attribute].log10()))
     result = DoseResult(name, weights)
-    for key, (expected, tolerance) in expectations.items():
+    for key, (expected, tolerance) in DOSE_EXPECTATIONS.items():
         v = np.array(values[key], float)
         readout = Readout(key, v, expected, tolerance, slope=log_slope(weights, v))
-        if expected is not None:
+        if expected == "curve":
+            readout.expected_values = curves[key]
+            readout.max_curve_error = float(np.max(np.abs(v - curves[key])))
+            readout.expected_slope = log_slope(weights, curves[key])
+            readout.passed = readout.max_curve_error <= tolerance
+        elif expected is not None:
             readout.passed = readout_passes(readout.slope, expected, tolerance)
-        if key == "source bracket, source part S_k":
-            readout.expected_values = np.array(predicted_source)
-            readout.max_curve_error = float(np.max(np.abs(v - readout.expected_values)))
-            readout.expected_slope = log_slope(weights, readout.expected_values)
-            readout.tolerance = 1e-6
-            readout.passed = readout.max_curve_error <= readout.tolerance
         result.readouts[key] = readout
     return result
 

@@ -64,15 +64,16 @@ def test_the_dose_gives_the_known_slopes_exactly_and_the_old_readout_is_the_stud
     result = C.loss_weight_dose(model, loss_fn, x, y, batch, "Eyeglasses")
     r = result.readouts
     assert result.weights == (1.0, 2.0, 4.0, 8.0)
-    assert r["source bracket, self part D_k"].slope == pytest.approx(2.0, abs=ROUND_OFF)
-    assert r["J·g, source k"].slope == pytest.approx(1.0, abs=ROUND_OFF)
-    for key in ("source bracket, self part D_k", "J·g, source k"):            # exact powers: every step, not just the fit
-        v = r[key].values
-        assert np.diff(v) == pytest.approx(r[key].expected_slope * np.log10(2.0) * np.ones(3), abs=ROUND_OFF)
-        assert r[key].passed
-    source = r["source bracket, source part S_k"]
-    assert source.max_curve_error < ROUND_OFF and source.passed
-    assert 1.0 < source.slope < 2.0                                         # a mixture of w and w², as predicted
+    for own in ("", ", on attribute k"):
+        assert r["source bracket, self part D_k" + own].slope == pytest.approx(2.0, abs=ROUND_OFF)
+        assert r["J·g, source k" + own].slope == pytest.approx(1.0, abs=ROUND_OFF)
+        for key in ("source bracket, self part D_k" + own, "J·g, source k" + own):   # exact powers at every step
+            v = r[key].values
+            assert np.diff(v) == pytest.approx(r[key].expected_slope * np.log10(2.0) * np.ones(3), abs=ROUND_OFF)
+            assert r[key].passed
+        source = r["source bracket, source part S_k" + own]
+        assert source.max_curve_error < ROUND_OFF and source.passed
+        assert 1.0 < source.slope < 2.0                                     # a mixture of w and w², as predicted
     for w_index, w in ((0, 1.0), (3, 8.0)):
         assert r["old relative share, bracket"].values[w_index] == pytest.approx(
             old_readout_by_hand(model, loss_fn, x, y, batch, "Eyeglasses", w), abs=1e-10)
