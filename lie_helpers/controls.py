@@ -8,7 +8,7 @@ before it is run. Three controls:
    a bracket and J·g_k the first-order part (lie_helpers.source_brackets):
        D_k(w) = w² D_k                → slope 2 of log10 magnitude in log10 w (exactly)
        J·g_k(w) = w J·g_k             → slope 1 (exactly)
-       S_k(w) = w S_k + (w² − w) D_k  → the curve the w = 1 run predicts (exactly; its slope is between 1 and 2)
+       S_k(w) = w S_k + (w² − w) D_k  → the curve the w = 1 run predicts (exactly; slope usually between 1 and 2)
    Every readout here is positively homogeneous in the part it reads (RMS over the batch, median over
    pairs, a Fisher factor of the batch's probabilities that the dose does not change), so these slopes
    carry over to the readouts exactly. The study's old readout (an attribute's log10 magnitude of the whole
