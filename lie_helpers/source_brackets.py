@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from .attributes import ATTRIBUTES
-from .brackets import BracketMatrix, bracket_mode, check_example, check_pairs, parameters_of
+from .brackets import bracket_mode, check_example, check_pairs, parameters_of
 from .losses import IndependentBCE, SoftmaxGroupLoss
 
 REST = "rest"
@@ -453,7 +453,3 @@ def source_magnitude(parts: torch.Tensor, outputs=None) -> torch.Tensor:
     """
     parts = parts if outputs is None else parts[..., list(outputs)]
     return parts.double().pow(2).mean(dim=(2, 3)).sqrt().median(dim=0).values
-
-
-def pairs_of(n: int) -> list:
-    return BracketMatrix(n).pairs

@@ -1,7 +1,6 @@
 """Source-attributed brackets against the plain bracket and against brute-force double backward (float64)."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import lie_helpers as lh
