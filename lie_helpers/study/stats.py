@@ -176,3 +176,191 @@ def contrasts(family: dict, level: float = 0.95, alternative: str = "two-sided")
     for row, adjusted in zip(rows.values(), holm([row["p"] for row in rows.values()])):
         row["p_holm"] = float(adjusted)
     return rows
+
+
+# ----------------------------------------------------------------------------- intervals that agree with the tests
+#
+# Inverting the paired sign-flip test (issue 19): the confidence set is every shift δ for which the sign-flip
+# test of d − δ does not reject. For the mean statistic the test's p-value is a step function of δ whose steps
+# sit at the means of subsets of the d_i. With A the set of flipped signs, flipping raises the mean of d − δ
+# exactly when Σ_{i∈A} (d_i − δ) ≤ 0, i.e. when mean_A(d) ≤ δ, so over all 2^n patterns (exact)
+#     p_greater(δ) = (1 + #{A ≠ ∅ : mean_A(d) ≤ δ}) / 2^n,   p_less(δ) = (1 + #{A ≠ ∅ : mean_A(d) ≥ δ}) / 2^n,
+# and the two-sided p-value is min(1, 2·min(p_less, p_greater)) (scipy's; the sign-flip null is symmetric, so it
+# equals the share of patterns whose |mean| reaches the observed one). The interval's ends are therefore order
+# statistics of the 2^n − 1 subset means (Hartigan 1969): no search, and interval-excludes-0 ⇔ the test rejects.
+#
+# What it covers: the test assumes the d_i are symmetric about δ, so the interval is one for the centre of
+# symmetry (mean = median = pseudo-median there), exact at its level for any symmetric continuous distribution
+# whatever its tails. For skewed data no exact target exists: the ends are subset means, so it follows the
+# mean as n grows; sign_flip_coverage measures what it covers at small n (tests/test_stats_intervals.py).
+
+
+def _subset_means(d: np.ndarray, exact: bool, n_resamples: int, seed: int) -> tuple[np.ndarray, int, int]:
+    """(sorted means of the flipped subsets that are not empty, patterns with nothing flipped, denominator).
+
+    exact: all 2^n sign patterns; else `n_resamples` random ones, and the p-value counts the observed
+    arrangement once more (scipy's (count + 1) / (n_resamples + 1))."""
+    n = len(d)
+    if exact:
+        flipped = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(bool)
+        base, denominator = 0, 2 ** n
+    else:
+        flipped = np.random.default_rng(seed).random((n_resamples, n)) < 0.5
+        base, denominator = 1, n_resamples + 1
+    size = flipped.sum(axis=1)
+    empty = size == 0
+    means = (flipped[~empty] @ d) / size[~empty]
+    return np.sort(means), base + int(empty.sum()), denominator
+
+
+def sign_flip_p(a, b=None, *, delta: float = 0.0, alternative: str = "two-sided", n_resamples: int = 9999,
+                seed: int = 0) -> float:
+    """p-value of the sign-flip test of mean(a − b − δ) = 0, from the subset means (the formula above).
+
+    Equal to sign_flip_test(a − δ, b) up to EXACT_SEEDS seeds; beyond, the Monte Carlo test of
+    sign_flip_interval (its own `n_resamples` seeded patterns, not scipy's).
+    """
+    d = seed_means(a) - (0 if b is None else seed_means(b))
+    means, always, denominator = _subset_means(d, len(d) <= EXACT_SEEDS, n_resamples, seed)
+    greater = (always + np.searchsorted(means, delta, side="right")) / denominator     # #{mean_A ≤ δ}
+    less = (always + len(means) - np.searchsorted(means, delta, side="left")) / denominator  # #{mean_A ≥ δ}
+    if alternative == "greater":
+        return float(greater)
+    if alternative == "less":
+        return float(less)
+    if alternative != "two-sided":
+        raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}.")
+    return float(min(1.0, 2 * min(greater, less)))
+
+
+def sign_flip_interval(a, b=None, level: float = 0.95, *, alternative: str = "two-sided", n_resamples: int = 9999,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): every δ for which the sign-flip test of a − b − δ does not reject at 1 − level.
+
+    Two-sided: both one-sided p-values above (1 − level)/2; 'greater' gives [low, inf), 'less' (−inf, high].
+    The ends are subset means (closed interval); ±inf where no subset mean is extreme enough (few seeds at a
+    high level: 6 seeds reach at best two-sided p = 2/64, so any level above 1 − 2/64 gives (−inf, inf)).
+    interval excludes 0 ⇔ sign_flip_p(a, b) ≤ 1 − level, exactly.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}.")
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(f"alternative must be 'two-sided', 'greater' or 'less', got {alternative!r}.")
+    d = seed_means(a) - (0 if b is None else seed_means(b))
+    means, always, denominator = _subset_means(d, len(d) <= EXACT_SEEDS, n_resamples, seed)
+    tail = (1 - level) / (2 if alternative == "two-sided" else 1)
+    # not rejected on one side ⇔ (always + count) / denominator > tail ⇔ count ≥ m
+    m = int(np.floor(tail * denominator - always + 1e-12)) + 1
+    low = -np.inf if m <= 0 else (means[m - 1] if m <= len(means) else np.inf)
+    high = np.inf if m <= 0 else (means[len(means) - m] if m <= len(means) else -np.inf)
+    if alternative == "greater":
+        high = np.inf
+    elif alternative == "less":
+        low = -np.inf
+    return float(d.mean()), float(low), float(high)
+
+
+def holm_levels(p_values, alpha: float = 0.05) -> np.ndarray:
+    """Per-hypothesis test levels that make intervals agree with Holm's step-down decisions.
+
+    Sorted p_(0) ≤ … ≤ p_(m−1): Holm rejects while p_(r) ≤ α/(m − r). A rejected hypothesis gets its step's
+    level α/(m − r); every hypothesis from the first one kept on gets that step's level α/(m − r_stop). Then
+    p_i ≤ level_i ⇔ Holm rejects i (kept ones have p_i ≥ p_(r_stop) > α/(m − r_stop)), so an interval at
+    confidence 1 − level_i that inverts the same test excludes 0 exactly when Holm rejects.
+    """
+    p = np.asarray(p_values, float)
+    m = len(p)
+    levels = np.empty(m)
+    stopped = None
+    for r, i in enumerate(np.argsort(p, kind="stable")):
+        step = alpha / (m - r)
+        if stopped is None and p[i] > step:
+            stopped = step
+        levels[i] = step if stopped is None else stopped
+    return levels
+
+
+def sign_flip_contrasts(family: dict, level: float = 0.95, alternative: str = "two-sided") -> dict:
+    """name -> (a, b) paired by seed (b None: a against 0) -> name -> {mean, low, high, level, p, p_holm}.
+
+    p: the exact sign-flip test (sign_flip_p, equal to sign_flip_test up to EXACT_SEEDS seeds); p_holm: Holm over
+    the family; [low, high]: sign_flip_interval at the Holm-consistent confidence `level` (1 − holm_levels), so
+    the interval excludes 0 exactly when p_holm ≤ 1 − level.
+    """
+    alpha = 1 - level
+    diffs = {name: seed_means(a) - (0 if b is None else seed_means(b)) for name, (a, b) in family.items()}
+    p = {name: sign_flip_p(d, alternative=alternative) for name, d in diffs.items()}
+    adjusted = holm(list(p.values()))
+    levels = holm_levels(list(p.values()), alpha)
+    rows = {}
+    for (name, d), p_holm, used in zip(diffs.items(), adjusted, levels):
+        mean, low, high = sign_flip_interval(d, level=1 - used, alternative=alternative)
+        rows[name] = {"mean": mean, "low": low, "high": high, "level": float(1 - used), "p": p[name],
+                      "p_holm": float(p_holm)}
+    return rows
+
+
+def against_first_order(bracket_family: dict, first_order_family: dict, level: float = 0.95) -> dict:
+    """Each contrast paired against J·g: per seed, (bracket contrast) − (J·g contrast), one sign-flip test of that
+    difference, Holm over the family, Holm-consistent intervals (sign_flip_contrasts).
+
+    Families map name -> (a, b) as in `contrasts`, the same names and seeds in both. A positive mean says the
+    brackets show more of the contrast than one gradient step of the same examples does.
+    """
+    if set(bracket_family) != set(first_order_family):
+        raise ValueError("The bracket and J·g families must hold the same contrasts.")
+    family = {}
+    for name, (a, b) in bracket_family.items():
+        fa, fb = first_order_family[name]
+        bracket = seed_means(a) - (0 if b is None else seed_means(b))
+        first = seed_means(fa) - (0 if fb is None else seed_means(fb))
+        if bracket.shape != first.shape:
+            raise ValueError(f"{name}: {len(bracket)} seeds for brackets, {len(first)} for J·g; pair them by seed.")
+        family[name] = (bracket - first, None)
+    return sign_flip_contrasts(family, level)
+
+
+# ----------------------------------------------------------------------------- coverage on non-Gaussian data
+
+def _lognormal(rng, n):
+    return rng.lognormal(0.0, 1.0, n) - 1.0            # median 0
+
+
+def _exponential(rng, n):
+    return rng.exponential(1.0, n) - np.log(2.0)       # median 0
+
+
+NON_GAUSSIAN = {
+    # name: (sampler(rng, n), {parameter: true value}); centre of symmetry where there is one
+    "t, 2 df (heavy tails, symmetric)": (lambda rng, n: rng.standard_t(2, n), {"mean": 0.0, "median": 0.0,
+                                                                                "pseudo-median": 0.0}),
+    "lognormal(0, 1) − 1 (skewed)": (_lognormal, {"mean": float(np.exp(0.5) - 1), "median": 0.0,
+                                                  "pseudo-median": None}),
+    "exponential(1) − log 2 (skewed)": (_exponential, {"mean": float(1 - np.log(2.0)), "median": 0.0,
+                                                       "pseudo-median": None}),
+}
+
+
+def pseudo_median(sampler, n_draws: int = 2_000_000, seed: int = 12345) -> float:
+    """The population Hodges-Lehmann location, median of (X + X')/2, by simulation (±0.002 at the default draws)."""
+    rng = np.random.default_rng(seed)
+    return float(np.median((sampler(rng, n_draws) + sampler(rng, n_draws)) / 2))
+
+
+def sign_flip_coverage(sample, true_values: dict, n: int = 8, n_simulations: int = 4000, level: float = 0.95,
+                       seed: int = 0) -> dict:
+    """Share of simulated studies (n seeds each, sample(rng, n)) whose interval contains each true value,
+    for the sign-flip inversion and, beside it, the t interval on the same data: {"sign-flip": {parameter:
+    coverage}, "t": {...}, "sign-flip median width": ..., "t median width": ...}."""
+    rng = np.random.default_rng(seed)
+    hits = {"sign-flip": {k: 0 for k in true_values}, "t": {k: 0 for k in true_values}}
+    widths = {"sign-flip": [], "t": []}
+    for _ in range(n_simulations):
+        d = sample(rng, n)
+        for method, (_, low, high) in (("sign-flip", sign_flip_interval(d, level=level)), ("t", t_interval(d, level))):
+            widths[method].append(high - low)
+            for name, value in true_values.items():
+                hits[method][name] += low <= value <= high
+    out = {method: {k: v / n_simulations for k, v in h.items()} for method, h in hits.items()}
+    out.update({f"{method} median width": float(np.median(w)) for method, w in widths.items()})
+    return out
