@@ -17,12 +17,12 @@ import time
 import torch
 
 import lie_helpers as lh
-from lie_helpers.baselines import gradient_pushforward
-from lie_helpers.bench import benchmark_model, random_examples, synchronize
-from lie_helpers.brackets import bracket_matrix, pushforward
-from lie_helpers.losses import get_loss
-from lie_helpers.attributes import ATTRIBUTES
-from lie_helpers.source_brackets import source_brackets, source_brackets_on_outputs, sketched_source_magnitudes
+from lie_helpers.analysis.first_order import gradient_pushforward
+from lie_helpers.pipeline.bench import benchmark_model, random_examples, synchronize
+from lie_helpers.engine.brackets import bracket_matrix, pushforward
+from lie_helpers.training.losses import get_loss
+from lie_helpers.data.attributes import ATTRIBUTES
+from lie_helpers.analysis.source_brackets import source_brackets, source_brackets_on_outputs, sketched_source_magnitudes
 
 SUBSET = ["Black_Hair", "Brown_Hair", "Eyeglasses", "Heavy_Makeup"]   # what the study's readouts need, + rest
 

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 import lie_helpers as lh
-from lie_helpers import controls as C
-from lie_helpers import storage
-from lie_helpers.bench import benchmark_model, random_examples
-from lie_helpers.losses import get_loss
-from lie_helpers.train import make_optimizer, prepare_inputs, train_step
+from lie_helpers.analysis import controls as C
+from lie_helpers.data import storage
+from lie_helpers.pipeline.bench import benchmark_model, random_examples
+from lie_helpers.training.losses import get_loss
+from lie_helpers.training.train import make_optimizer, prepare_inputs, train_step
 
 
 def load_split(cache: str, split: str):

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import lie_helpers as lh
-from lie_helpers import controls as C
-from lie_helpers.attributes import ATTRIBUTES
-from lie_helpers.brackets import bracket_mode
-from lie_helpers.losses import IndependentBCE
+from lie_helpers.analysis import controls as C
+from lie_helpers.data.attributes import ATTRIBUTES
+from lie_helpers.engine.brackets import bracket_mode
+from lie_helpers.training.losses import IndependentBCE
 
 DTYPE = torch.float64
 ROUND_OFF = 1e-9

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 import lie_helpers as lh
-from lie_helpers import source_brackets as sb
-from lie_helpers.baselines import gradient_pushforward
-from lie_helpers.brackets import bracket_mode, parameters_of
-from lie_helpers.losses import CategoricalHair, IndependentBCE
+from lie_helpers.analysis import source_brackets as sb
+from lie_helpers.analysis.first_order import gradient_pushforward
+from lie_helpers.engine.brackets import bracket_mode, parameters_of
+from lie_helpers.training.losses import CategoricalHair, IndependentBCE
 
 DTYPE = torch.float64
 

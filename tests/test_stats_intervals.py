@@ -3,7 +3,7 @@ non-Gaussian data at 8 seeds."""
 import numpy as np
 import pytest
 
-from lie_helpers import stats as S
+from lie_helpers.study import stats as S
 
 
 def test_sign_flip_p_is_the_scipy_test_of_the_shifted_differences():

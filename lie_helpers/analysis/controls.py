@@ -5,7 +5,7 @@ before it is run. Three controls:
 
 1. Loss-weight dose (`loss_weight_dose`): term k of the loss multiplied by w ∈ {1, 2, 4, 8} at a fixed
    checkpoint. The fields are linear in the terms, so with D_k the self part and S_k the source part of
-   a bracket and J·g_k the first-order part (lie_helpers.source_brackets):
+   a bracket and J·g_k the first-order part (lie_helpers.analysis.source_brackets):
        D_k(w) = w² D_k                → slope 2 of log10 magnitude in log10 w (exactly)
        J·g_k(w) = w J·g_k             → slope 1 (exactly)
        S_k(w) = w S_k + (w² − w) D_k  → the curve the w = 1 run predicts (exactly; slope usually between 1 and 2)
@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jvp, vjp
 
-from .attributes import ATTRIBUTES
-from .brackets import BracketMatrix, bracket_mode, parameters_of
-from .hypothesis import attribute_magnitudes, attribute_perturbations
-from .losses import IndependentBCE, SoftmaxGroupLoss
+from ..data.attributes import ATTRIBUTES
+from ..engine.brackets import BracketMatrix, bracket_mode, parameters_of
+from .currency import attribute_magnitudes, attribute_perturbations
+from ..training.losses import IndependentBCE, SoftmaxGroupLoss
 from .source_brackets import source_brackets, source_index, source_layout, source_magnitude, source_terms
 
 DOSE_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
@@ -126,14 +126,14 @@ def binary_output_and_column(loss_fn, n_outputs: int, k: int) -> tuple[int, int]
 
 
 def loss_name(loss_fn) -> str:
-    """The lie_helpers.losses name whose output layout the study's readout uses."""
+    """The lie_helpers.training.losses name whose output layout the study's readout uses."""
     base = getattr(loss_fn, "base", loss_fn)
     return base.name
 
 
 def relative_share(loss: str, d_logits: torch.Tensor, batch_logits: torch.Tensor, scale: str = "fisher") -> np.ndarray:
     """The study's readout (study.run_profile): [pairs or examples, batch, outputs] -> [40], each attribute's
-    log10 magnitude (hypothesis.attribute_magnitudes: RMS over the batch, median over pairs) minus the median
+    log10 magnitude (currency.attribute_magnitudes: RMS over the batch, median over pairs) minus the median
     attribute's."""
     perturbation = attribute_perturbations(loss, d_logits, batch_logits[None], scale)
     m = attribute_magnitudes(perturbation[None])[0].log10().numpy()

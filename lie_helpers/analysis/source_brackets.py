@@ -16,7 +16,7 @@ diagonal
 is the bracket of the two examples' term-k fields alone. The self parts do NOT sum to the bracket
 (the rest, Σ_{k≠l} [v_{x,k}, v_{y,l}], is interaction between terms).
 
-Known answers under a dose (term m's loss multiplied by w at a fixed checkpoint; lie_helpers.controls):
+Known answers under a dose (term m's loss multiplied by w at a fixed checkpoint; lie_helpers.analysis.controls):
   D_m(w) = w² D_m                     (exactly: both fields scale by w)
   S_m(w) = w S_m + (w² − w) D_m       (exactly: g_{·,m} scales by w, and H gains (w − 1) H_{·,m})
   J·g_{x,m}(w) = w J·g_{x,m}          (exactly)
@@ -25,10 +25,10 @@ advance by the two w = 1 quantities (log-slope between 1 and 2 unless its two pi
 
 Everything is pushed onto the logits of a fixed batch (a Jacobian-vector product, as
 brackets.pushforward): per (pair, source) a [batch, outputs] array, and J·v_{x,k} = −J·g_{x,k} per
-(example, source), the sign of baselines.gradient_pushforward.
+(example, source), the sign of first_order.gradient_pushforward.
 
 Requirements: the loss is separable by source (each term depends on its own outputs only), which
-holds for lie_helpers.losses' losses; `source_terms` gives the terms (a loss object may define its
+holds for lie_helpers.training.losses' losses; `source_terms` gives the terms (a loss object may define its
 own `source_terms(logits, targets)` and `source_layout(n_outputs)`). BatchNorm in eval mode
 (brackets.bracket_mode), TF32 off; the model is left as it was.
 
@@ -52,9 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from .attributes import ATTRIBUTES
-from .brackets import bracket_mode, check_example, check_pairs, parameters_of
-from .losses import IndependentBCE, SoftmaxGroupLoss
+from ..data.attributes import ATTRIBUTES
+from ..engine.brackets import bracket_mode, check_example, check_pairs, parameters_of
+from ..training.losses import IndependentBCE, SoftmaxGroupLoss
 
 REST = "rest"
 TANGENTS_PER_CALL = 96     # Hessian-vector products of single examples in one vmapped call (memory bound)
@@ -90,7 +90,7 @@ def source_layout(loss_fn, n_outputs: int) -> list[Source]:
         for where, members in zip(loss_fn.group_slices(), loss_fn.group_index):
             sources.append(Source("+".join(ATTRIBUTES[i] for i in members), tuple(range(where.start, where.stop))))
         return sources
-    raise TypeError(f"No source layout for {type(loss_fn).__name__}: use a lie_helpers.losses loss, or give the "
+    raise TypeError(f"No source layout for {type(loss_fn).__name__}: use a lie_helpers.training.losses loss, or give the "
                     "loss `source_terms(logits, targets)` and `source_layout(n_outputs)` methods.")
 
 
@@ -110,7 +110,7 @@ def source_terms(loss_fn, logits: torch.Tensor, targets: torch.Tensor) -> torch.
                                     reduction="none")
             terms.append(loss_fn.group_weight * group[:, None] / norm)
         return torch.cat(terms, dim=1)
-    raise TypeError(f"No source terms for {type(loss_fn).__name__}: use a lie_helpers.losses loss, or give the "
+    raise TypeError(f"No source terms for {type(loss_fn).__name__}: use a lie_helpers.training.losses loss, or give the "
                     "loss a `source_terms(logits, targets)` method.")
 
 
