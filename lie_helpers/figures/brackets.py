@@ -106,7 +106,7 @@ def plot_attribute_perturbation(summary: summaries.AttributeSummary, output_name
     ax_rank.axhline((n_outputs + 1) / 2, color="0.4", ls=":", label="chance (median rank)")
     ax_rank.set(ylim=(n_outputs + 0.5, 0.5), xlabel="training step", ylabel=f"rank among {n_outputs} (1 = most perturbed)",
                 title="Rank within each checkpoint (medians: steps > 0)")
-    ax_rank.legend(fontsize=8, loc="lower right")
+    ax_rank.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))   # under the panel, over no line
     fig.tight_layout()
     return fig
 
@@ -146,16 +146,20 @@ def plot_first_order(comparison, rms_fits: dict):
         x = np.arange(len(steps)) + 0.1 * (k - 1)
         ax_rms.errorbar(x, slopes, yerr=errors, fmt=style, color=colour, capsize=3, ms=5,
                         label=label + f" (median r {np.median([f.r for f in fits]):.2f})")
+    # Each checkpoint's p in one row above every interval, where it covers no point.
+    ends = [getattr(rms_fits[s], field).low for s in steps for field in ("bracket", "null", "within")] + \
+           [getattr(rms_fits[s], field).high for s in steps for field in ("bracket", "null", "within")] + [1.0]
+    low, high = min(ends), max(ends)
     for i, s in enumerate(steps):
-        ax_rms.annotate(f"p={rms_fits[s].within_p:.3f}", (i + 0.1, rms_fits[s].within.high), xytext=(0, 2),
-                        textcoords="offset points", fontsize=7, color=within_colour, ha="center", va="bottom")
+        ax_rms.text(i, high + 0.06 * (high - low), f"p={rms_fits[s].within_p:.3f}", fontsize=7, color=within_colour,
+                    ha="center", va="bottom")
+    ax_rms.set_ylim(low - 0.05 * (high - low), high + 0.2 * (high - low))
     ax_rms.plot([], [], ls="", marker="$p$", color=within_colour,
                 label="p: within-tensor r against the examples relabelled (exact)")
     ax_rms.axhline(1, color="0.4", lw=0.8)
     ax_rms.set_xticks(range(len(steps)), [str(s) for s in steps])
     ax_rms.set(xlabel="checkpoint (training step)", title="The RMS law against its nulls",
                ylabel="log-log slope\n(reduced major axis, 95% jackknife over examples)")
-    ax_rms.margins(y=0.12)   # room above the highest interval for its p
     # Legends under their panels, where they cover no data.
     for ax, ncol, fontsize in ((ax_rho, 2, 8), (ax_rank, 2, 7), (ax_rms, 1, 7)):
         ax.legend(fontsize=fontsize, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.14))
@@ -189,7 +193,8 @@ def plot_real_swaps(table: dict):
             ax_r.scatter(table[ratio_key], k + jitter, c=colour, s=18)
         else:
             ax_r.text(0.5, k, f"{label}: a direction only, no size of its own", transform=ax_r.get_yaxis_transform(),
-                      ha="center", va="center", fontsize=8, color="0.4")
+                      ha="center", va="center", fontsize=8, color="0.4",
+                      bbox=dict(facecolor="white", edgecolor="none", pad=1.5))
     for ax in (ax_c, ax_r):
         ax.set_yticks(range(len(SWAP_PREDICTIONS)), list(SWAP_PREDICTIONS))
         ax.invert_yaxis()

@@ -123,9 +123,9 @@ def heatmap_frame(records, output_names, *, lr: float, highlight=("Black_Hair", 
     pairs = list(records.pairs)
     n_rows = records.logit_perturbation.shape[2]
     n_examples = bracket_examples(records, n_rows)
-    fig = plt.figure(figsize=(9.5, 9))
+    fig = plt.figure(figsize=(10.5, 9))
     grid = fig.add_gridspec(2, 2, height_ratios=[32, len(pairs) * 1.2], width_ratios=[40, 1.2],
-                            hspace=0.08, wspace=0.04)
+                            hspace=0.08, wspace=0.04, left=0.1, right=0.8, bottom=0.14, top=0.9)  # room for the labels
     ax, cax = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     ax_pairs, cax_pairs = fig.add_subplot(grid[1, 0], sharex=ax), fig.add_subplot(grid[1, 1])
     image, colorbar = _signed_heatmap(ax, cax, np.zeros(records.logit_perturbation.shape[2:]), output_names,

@@ -116,7 +116,7 @@ def plot_sgd_norm_growth(growth: dict, model_eps: float):
     lims = np.array([min(g.predicted.min() for g in growth[model_eps]), max(g.predicted.max() for g in growth[model_eps])])
     ax.loglog(lims, lims, "k:", lw=1, label="growth = lr²‖g_W‖²")
     ax.set(xlabel="lr² ‖g_W‖²  (per conv weight and step)", ylabel="measured |‖W_new‖² − ‖W‖²|\n(a few < 0 at lr 1e-3)",
-           title=f"SGD steps grow ‖W‖² by lr²‖g_W‖² (BatchNorm ε_BN = {model_eps:g})")
+           title=f"SGD steps grow ‖W‖² by lr²‖g_W‖²\n(BatchNorm ε_BN = {model_eps:g})")
     ax.legend(fontsize=8)
     for k, (eps, style) in enumerate(zip(growth, ("s-", "^-"))):
         lrs = [g.lr for g in growth[eps]]

@@ -105,7 +105,7 @@ def plot_two_orders(problem, eps: float, eps_scan):
 
 def plot_two_orders_grid(problem, eps_values, eps_scan):
     """`draw_two_orders` side by side at each of `eps_values`."""
-    fig, axes = plt.subplots(1, len(eps_values), figsize=(4.5 * len(eps_values), 5), sharey=True)
+    fig, axes = plt.subplots(1, len(eps_values), figsize=(4.5 * len(eps_values), 5.4), sharey=True)
     for ax, eps in zip(axes, eps_values):
         draw_two_orders(ax, problem, eps, eps_scan)
     axes[0].legend(loc="upper left", fontsize=7)
