@@ -30,6 +30,15 @@ Skipping. A stage's key hashes its cells, its parameters, the key of the previou
 last successful run, and the lie_helpers sources. A stage whose key matches the one
 recorded in `<run folder>/chain_state.json`, and whose executed notebook exists, is
 skipped: editing notebook 03 reruns 03 and what follows, not the training before it.
+
+Figures. Each stage's record in chain_state.json lists the files it wrote into <run folder>/figures/
+(new or changed while it ran). A run of a profile whose figures are the committed ones (not ci, no
+overrides, no --run-dir) copies the files its stages wrote into figures/, and after a full run (every
+stage of the profile run or up to date, no --only/--from) removes the stale ones: files of figures/
+named NN_… for a stage NN of the profile that no stage wrote (lie_helpers.pipeline.committed_figures). So a figure a notebook
+stops making, or renames, leaves figures/ with the next full run, and a file an older version left in
+the run folder is not copied back. Kept: other profiles' figures (04 on a default run), files named
+after no stage, and the files made by hand (MADE_BY_HAND). A partial run copies and removes nothing, but names the stale files.
 """
 from __future__ import annotations
 
@@ -38,7 +47,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +56,7 @@ from .. import PACKAGE_DIR, REPO_DIR
 from ..training.config import PROFILES, get_profile, run_folder_name
 from ..training.results import results_dir
 from ..data.storage import atomic_write_bytes, atomic_write_json, json_digest, read_json, show
+from .committed_figures import figure_files, publish_figures, written_since
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_.+\.ipynb$")
 KERNEL_NAME = "python3"   # ipykernel's own spec: the interpreter running the chain
@@ -291,20 +300,6 @@ def as_reference(executed: Path, target: Path) -> None:
     atomic_write_bytes(target, (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def copy_figures(source_dir: Path, figures_dir: Path) -> int:
-    """Copy every file and folder of `source_dir` into `figures_dir`; returns how many."""
-    if not source_dir.is_dir():
-        return 0
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    entries = sorted(source_dir.iterdir())
-    for entry in entries:
-        if entry.is_dir():
-            shutil.copytree(entry, figures_dir / entry.name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(entry, figures_dir / entry.name)
-    return len(entries)
-
-
 def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, figures_dir=None,
               run_dir=None, overrides=None, force=False, only=None, start=None, update_references=False,
               package_dir=PACKAGE_DIR, kernel_name=KERNEL_NAME, progress_bar=True, log=say) -> list:
@@ -312,7 +307,8 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
 
     Folders default to the repository's notebooks/, runs/ and figures/. The run folder is
     runs/<run_folder_name(profile, overrides)> unless `run_dir` is given. Only a plain profile's
-    run (not ci, no overrides, no run_dir) copies its figures to figures/.
+    run (not ci, no overrides, no run_dir) copies its figures to figures/, and only a full one removes the
+    stale ones there (see the module's "Figures").
     Everything that can be wrong with the request (profile, settings, stage names) fails before any work.
     Raises ChainError with a message for the terminal when a notebook fails.
     """
@@ -368,6 +364,7 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
                 # Its recorded results too: a result the notebook no longer records must not linger.
                 (results_dir(run_root) / f"{stage.number}.json").unlink(missing_ok=True)
                 stage.executed.parent.mkdir(parents=True, exist_ok=True)
+                figures_before = figure_files(run_root / "figures")
                 try:
                     papermill.execute_notebook(
                         str(stage.source), str(stage.partial), parameters=parameters[stage.name] or None,
@@ -379,7 +376,8 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
                 os.replace(stage.partial, stage.executed)
                 seconds = time.perf_counter() - started
                 state["stages"][stage.name] = {"key": key, "seconds": round(seconds, 1),
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                               "figures": written_since(figures_before, run_root / "figures")}
                 save_state(run_root, state)
             except OSError as err:
                 if err.errno == errno.ENOSPC:
@@ -390,10 +388,7 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
         previous = state["stages"].get(stage.name, {}).get("key")
 
     if profile != "ci" and not plan.own_folder and not overrides:   # figures/ shows the plain profiles' runs
-        copied = copy_figures(run_root / "figures", figures_dir)
-        if copied:
-            log(f"Copied {copied} figure(s) from {show(run_root / 'figures')} "
-                f"to {show(figures_dir)}.")
+        publish_figures(stages, selected, state, run_root / "figures", figures_dir, log)
     if update_references:
         rows = stage_statuses(stages, state, parameters, fingerprint)
         for stage, _, status in rows:
