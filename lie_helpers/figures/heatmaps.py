@@ -142,7 +142,7 @@ def heatmap_frame(records, output_names, *, lr: float, highlight=("Black_Hair", 
     ax_pairs.set_ylabel("bracket")
     ax_pairs.grid(False)
     _label_outputs(ax_pairs, output_names, highlight)
-    title = fig.suptitle("", y=0.93)
+    title = fig.suptitle("", x=0.45, y=0.93)   # centred over the panels
     limits = [color_limit(records.logit_perturbation[:, p].numpy(), percentile) for p in range(len(pairs))]
 
     def update(checkpoint: int, pair: int):
