@@ -56,7 +56,7 @@ test: setup
 	$(PY) -m lie_helpers.chain --profile ci --no-progress-bar
 	rm -rf $(NBVAL_DIR) && mkdir -p $(NBVAL_DIR)/lesson && cp notebooks/00_theory.ipynb $(NBVAL_DIR)/lesson/
 	$(PY) -m pytest -p no:cacheprovider --nbval $(NBVAL_DIR)/lesson --nbval-sanitize-with tests/nbval_sanitize.cfg
-	$(PY) -m lie_helpers.chain --profile ci --nbval-copies $(NBVAL_DIR)/ci
+	$(PY) -m lie_helpers.pipeline.nbval_copies --profile ci $(NBVAL_DIR)/ci
 	$(PY) -m pytest -p no:cacheprovider --nbval-lax $(NBVAL_DIR)/ci
 	$(PY) -m lie_helpers.chain --profile default --run-dir $(CHECK_RUN) --no-progress-bar
 	$(PY) -m lie_helpers.training.results $(CHECK_RUN)

@@ -347,7 +347,7 @@ def test_records_without_baselines_are_refused():
 def test_the_first_order_figure_draws_every_baseline():
     import matplotlib
     matplotlib.use("Agg")
-    from lie_helpers.figures import bracket_figures
+    from lie_helpers.figures import brackets as bracket_figures
     records, names = synthetic_records(1.0), [f"a{k}" for k in range(12)]
     comparison = first_order.compare_with_first_order(records, names, ("a0", "a1"))
     fig = bracket_figures.plot_first_order(comparison, rms_law.rms_law_with_null(records, [0, 1]))

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lie_helpers.figures import bracket_figures
+from lie_helpers.figures import brackets, heatmaps  # noqa: E402
 from lie_helpers.analysis import summaries  # noqa: E402
 from lie_helpers.data.attributes import ATTRIBUTES  # noqa: E402
 from test_summaries import HAIR, STEPS, synthetic_records  # noqa: E402
@@ -20,7 +20,7 @@ def close_figures():
 
 def test_rms_loglog_draws_points_fits_and_a_slope_one_reference():
     records = synthetic_records(slope=1.0)
-    fig = bracket_figures.plot_rms_loglog(records, [1, 3, 5])
+    fig = brackets.plot_rms_loglog(records, [1, 3, 5])
     per_pair, per_tensor = fig.axes
     for ax, n_points in [(per_pair, 6 * 12), (per_tensor, 12)]:
         assert ax.get_xscale() == ax.get_yscale() == "log"
@@ -33,9 +33,9 @@ def test_rms_loglog_draws_points_fits_and_a_slope_one_reference():
 
 def test_color_limit_is_symmetric_and_never_zero():
     values = np.concatenate([np.linspace(-1, 1, 99), [1000.0]])
-    assert bracket_figures.color_limit(values, 100) == 1000.0
-    assert bracket_figures.color_limit(values, 90) < 1.0
-    assert bracket_figures.color_limit(np.zeros(5)) == 1.0
+    assert heatmaps.color_limit(values, 100) == 1000.0
+    assert heatmaps.color_limit(values, 90) < 1.0
+    assert heatmaps.color_limit(np.zeros(5)) == 1.0
 
 
 LR = 5e-3
@@ -43,7 +43,7 @@ LR = 5e-3
 
 def test_heatmap_frame_updates_data_scale_and_title():
     records = synthetic_records()
-    fig, update = bracket_figures.heatmap_frame(records, ATTRIBUTES, lr=LR, highlight=HAIR)
+    fig, update = heatmaps.heatmap_frame(records, ATTRIBUTES, lr=LR, highlight=HAIR)
     heatmap = fig.axes[0].images[0]
     # one scale over the pair's checkpoints: the same limits at two checkpoints
     limit = np.percentile(np.abs(records.logit_perturbation[:, 2].numpy()), 99)
@@ -72,7 +72,7 @@ def test_heatmap_frame_updates_data_scale_and_title():
 def test_static_heatmaps_share_one_stated_scale_readable_labels_and_mark_the_pair():
     records = synthetic_records()   # magnitudes 10x per checkpoint: per-panel scales would differ 100000x
     shown = [0, 2, 4, 5]
-    fig = bracket_figures.plot_logit_heatmaps(records, 1, shown, ATTRIBUTES, lr=LR, highlight=HAIR)
+    fig = heatmaps.plot_logit_heatmaps(records, 1, shown, ATTRIBUTES, lr=LR, highlight=HAIR)
     panels = [ax for ax in fig.axes if ax.images and ax.get_visible() and ax.get_title()]
     assert [ax.get_title() for ax in panels] == [f"step {STEPS[c]}" for c in shown]
     limit = np.percentile(np.abs(records.logit_perturbation[shown, 1].numpy()), 99)
@@ -100,12 +100,12 @@ def test_static_heatmaps_share_one_stated_scale_readable_labels_and_mark_the_pai
 def test_heatmap_figures_need_the_learning_rate():
     records = synthetic_records()
     with pytest.raises(ValueError, match="lr must be positive"):
-        bracket_figures.plot_logit_heatmaps(records, 0, [1], ATTRIBUTES, lr=0.0)
+        heatmaps.plot_logit_heatmaps(records, 0, [1], ATTRIBUTES, lr=0.0)
 
 
 def test_interactive_viewer_offers_every_checkpoint_and_pair():
     records = synthetic_records()
-    viewer = bracket_figures.interactive_heatmaps(records, ATTRIBUTES, lr=LR, highlight=HAIR, dpi=30)
+    viewer = heatmaps.interactive_heatmaps(records, ATTRIBUTES, lr=LR, highlight=HAIR, dpi=30)
     (step, pair), image = viewer.children[0].children, viewer.children[1]
     assert list(step.options) == STEPS and step.value == STEPS[-1]
     assert [value for _, value in pair.options] == list(range(len(records.pairs)))
@@ -119,7 +119,7 @@ def test_interactive_viewer_offers_every_checkpoint_and_pair():
 def test_attribute_figure_names_the_hair_colours_and_every_leading_output():
     records = synthetic_records()
     summary = summaries.summarise_attributes(records, ATTRIBUTES, HAIR, top=2)
-    fig = bracket_figures.plot_attribute_perturbation(summary, ATTRIBUTES, lr=LR)
+    fig = brackets.plot_attribute_perturbation(summary, ATTRIBUTES, lr=LR)
     ax, ax_rank = fig.axes
     assert ax.get_yscale() == "log"
     labelled = {line.get_label().split(" (")[0]: line for line in ax.get_lines() if not line.get_label().startswith("_")}
@@ -147,6 +147,6 @@ def test_attribute_figure_names_the_hair_colours_and_every_leading_output():
 def test_labelled_outputs_stop_at_the_colours_there_are():
     records = synthetic_records(hair_factor=1.0)   # no planted signal: many outputs lead somewhere
     summary = summaries.summarise_attributes(records, ATTRIBUTES, ("Black_Hair",), top=2)
-    named = bracket_figures.labelled_outputs(summary, ATTRIBUTES)
+    named = brackets.labelled_outputs(summary, ATTRIBUTES)
     assert list(named)[:3] == ["Blond_Hair", "Brown_Hair", "Gray_Hair"]   # the other hair colours first
-    assert len(named) <= len(bracket_figures.LABEL_COLOURS) - 1 and "Black_Hair" not in named
+    assert len(named) <= len(brackets.LABEL_COLOURS) - 1 and "Black_Hair" not in named

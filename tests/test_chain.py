@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lie_helpers.pipeline import chain
+from lie_helpers.pipeline import chain, committed_figures
 from lie_helpers.pipeline.chain import ChainError, main, run_chain
 from lie_helpers.training.config import run_folder_name
 
@@ -293,3 +293,32 @@ def test_the_arithmetic_is_part_of_every_stage_key(monkeypatch):
     one_thread = chain.package_fingerprint()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert len({plain, one_thread, chain.package_fingerprint()}) == 3
+
+
+@pytest.mark.slow
+def test_a_full_run_removes_the_figures_no_stage_writes_any_more(repo, monkeypatch, capsys):
+    """figures/ holds what the profile's stages write: a full run removes a stage's figure that no stage writes
+    (gone, or renamed), and keeps other profiles' figures, files named after no stage and those made by hand."""
+    monkeypatch.setattr(committed_figures, "MADE_BY_HAND", frozenset({"02_by_hand.png"}))
+    log, figures = repo / "log.jsonl", repo / "figures"
+    write_notebook(repo / "notebooks" / "01_train.ipynb", log, figure="01_curves.png")
+    for name in ("01_curves.png", "01_orphan.png", "04_other_profile.png", "02_by_hand.png", "notes.txt"):
+        (figures / name).write_text("committed")
+
+    chain_in(repo, only="01")   # a partial run copies what its stage wrote, removes nothing, names the stale
+    assert (figures / "01_curves.png").read_text() == "a figure from default"
+    assert (figures / "01_orphan.png").exists() and "01_orphan.png" in capsys.readouterr().out
+    state = json.loads((repo / "runs/default/chain_state.json").read_text())
+    assert state["stages"]["01_train"]["figures"] == ["01_curves.png"]
+
+    chain_in(repo)   # a full run (01 up to date, skipped): the stale figure goes
+    assert sorted(p.name for p in figures.iterdir()) == ["01_curves.png", "02_by_hand.png", "04_other_profile.png",
+                                                         "notes.txt"]
+    assert "Removed 1 stale figure(s)" in capsys.readouterr().out
+
+    # The notebook renames its figure: the old name goes, though the run folder still holds that file.
+    write_notebook(repo / "notebooks" / "01_train.ipynb", log, figure="01_renamed.png")
+    chain_in(repo)
+    assert (repo / "runs/default/figures/01_curves.png").exists()
+    assert sorted(p.name for p in figures.iterdir()) == ["01_renamed.png", "02_by_hand.png", "04_other_profile.png",
+                                                         "notes.txt"]

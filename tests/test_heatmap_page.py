@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lie_helpers.figures import bracket_figures
+from lie_helpers.figures import page as page_figures
 from lie_helpers.analysis.records import RunBrackets
 from lie_helpers.data.attributes import ATTRIBUTES
 from test_summaries import HAIR, STEPS, synthetic_records
@@ -53,7 +53,7 @@ def full_size_records(seed=0):
 def test_embedded_values_round_trip_within_float16_precision():
     records = synthetic_records()   # magnitudes up to ~1e6: beyond float16's range unless scaled per frame
     records.logit_perturbation[2, 1] = 0.0   # an all-zero frame
-    data = embedded(bracket_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR))
+    data = embedded(page_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR))
     assert data["steps"] == STEPS and [tuple(p) for p in data["pairs"]] == records.pairs
     assert data["outputs"] == list(ATTRIBUTES) and data["highlight"] == list(HAIR)
     assert (data["rows"], data["examples"], data["lr"]) == (8, 4, LR)
@@ -68,7 +68,7 @@ def test_embedded_values_round_trip_within_float16_precision():
 
 def test_colour_limits_are_percentiles_of_each_frame_and_of_each_pair():
     records = synthetic_records()
-    data = embedded(bracket_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, percentile=95))
+    data = embedded(page_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, percentile=95))
     magnitude = records.logit_perturbation.abs().double().numpy()
     for c in range(len(STEPS)):
         for p in range(len(records.pairs)):
@@ -81,7 +81,7 @@ def test_colour_limits_are_percentiles_of_each_frame_and_of_each_pair():
 def test_page_is_self_contained_and_labelled():
     records = synthetic_records()
     notes = ["Black_Hair", "</script><b>", "neither"] + [""] * 5
-    page = bracket_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR, row_notes=notes)
+    page = page_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR, row_notes=notes)
     assert page.startswith("<!DOCTYPE html>")
     # everything but the data (whose base64 may spell anything) names no URL and loads nothing
     markup = page.replace(re.search(r'id="heatmap-data">(.*?)</script>', page, re.S).group(1), "").lower()
@@ -98,7 +98,7 @@ def test_page_is_self_contained_and_labelled():
 
 def test_full_size_page_is_two_bytes_per_value():
     records = full_size_records()
-    page = bracket_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION)
+    page = page_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION)
     n_values = records.logit_perturbation.numel()
     assert n_values == 21 * 15 * 32 * 40
     size = len(page.encode("utf-8"))
@@ -115,14 +115,14 @@ def test_full_size_page_is_two_bytes_per_value():
 def test_bad_input_stops_early(change, message):
     arguments = dict(output_names=ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR) | change
     with pytest.raises(ValueError, match=message):
-        bracket_figures.heatmap_page(synthetic_records(), **arguments)
+        page_figures.heatmap_page(synthetic_records(), **arguments)
 
 
 def test_pairs_beyond_the_batch_are_refused():
     records = synthetic_records()
     records.pairs[-1] = (2, 8)   # the batch has rows 0-7
     with pytest.raises(ValueError, match="beyond the 8 batch rows"):
-        bracket_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION)
+        page_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION)
 
 
 # ----------------------------------------------------------------------------- in a real browser
@@ -145,7 +145,7 @@ def test_page_in_a_real_browser(chromium, tmp_path):
     records = synthetic_records()
     values = records.logit_perturbation.double().numpy()
     path = tmp_path / "page.html"
-    path.write_text(bracket_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR),
+    path.write_text(page_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR),
                     encoding="utf-8")
     url = path.as_uri()
     with sync_playwright() as p:
@@ -214,9 +214,9 @@ def test_page_in_a_real_browser(chromium, tmp_path):
 
 def test_screenshot_is_a_png_of_the_whole_page(chromium, tmp_path):
     path = tmp_path / "page.html"
-    path.write_text(bracket_figures.heatmap_page(synthetic_records(), ATTRIBUTES, lr=LR, caption=CAPTION),
+    path.write_text(page_figures.heatmap_page(synthetic_records(), ATTRIBUTES, lr=LR, caption=CAPTION),
                     encoding="utf-8")
-    bracket_figures.screenshot_page(path, tmp_path / "page.png", browser=chromium, width=1000, scale=1.5)
+    page_figures.screenshot_page(path, tmp_path / "page.png", browser=chromium, width=1000, scale=1.5)
     with Image.open(tmp_path / "page.png") as image:
         assert image.format == "PNG" and image.width == 1500 and image.height > 900
 
@@ -225,7 +225,7 @@ def test_page_from_a_static_host_requests_nothing_more(chromium, tmp_path):
     """Served over HTTP (as from GitHub Pages), the page asks for nothing but itself, not even a favicon."""
     from playwright.sync_api import sync_playwright
 
-    (tmp_path / "page.html").write_text(bracket_figures.heatmap_page(synthetic_records(), ATTRIBUTES, lr=LR,
+    (tmp_path / "page.html").write_text(page_figures.heatmap_page(synthetic_records(), ATTRIBUTES, lr=LR,
                                                                      caption=CAPTION), encoding="utf-8")
 
     class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lie_helpers.data.attributes import ATTRIBUTES
-from lie_helpers.figures.plots import (accuracy_frame, plot_base_rates, plot_image_grid, plot_training_curves,
-                               save_figure, set_style)
+from lie_helpers.figures.style import save_figure, set_style
+from lie_helpers.figures.training import accuracy_frame, plot_base_rates, plot_image_grid, plot_training_curves
+from lie_helpers.figures.widgets import figure_slider
 
 BLACK, BROWN, MALE, BALD = (ATTRIBUTES.index(a) for a in ("Black_Hair", "Brown_Hair", "Male", "Bald"))
 
@@ -121,7 +122,6 @@ def test_save_figure_writes_png_and_pdf_with_the_caption(tmp_path):
 
 def test_figure_slider_redraws_into_an_image_widget():
     import ipywidgets as widgets
-    from lie_helpers.figures.plots import figure_slider
 
     def draw(value):
         fig, ax = plt.subplots()

@@ -10,6 +10,7 @@ from ..study import design
 from ..study.design import GLASSES
 from ..study.contrasts import CONTRASTS, attribute_means
 from ..training.config import Profile
+from .style import PALETTE, group_colour
 
 KEY_ATTRIBUTES = (*HAIR_PAIR, *GLASSES, *CORRELATED_CONTROLS, "Blond_Hair", "Gray_Hair", "Male", "Attractive")
 
@@ -24,9 +25,9 @@ def plot_arm_profiles(profiles: dict, arms=MAIN_ARMS, attributes=KEY_ATTRIBUTES)
     for k, arm in enumerate(arms):
         values = np.array([[p.pooled[ATTRIBUTES.index(a)] for a in attributes] for p in profiles[arm]])
         x = np.arange(len(attributes)) + (k - (len(arms) - 1) / 2) * width
-        ax.bar(x, values.mean(0), width * 0.9, color=f"C{k}", alpha=0.45, label=f"{arm} ({len(values)} seeds)")
+        ax.bar(x, values.mean(0), width * 0.9, color=PALETTE[k], alpha=0.45, label=f"{arm} ({len(values)} seeds)")
         for row in values:
-            ax.plot(x, row, "o", color=f"C{k}", ms=3)
+            ax.plot(x, row, "o", color=PALETTE[k], ms=3)
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xticks(range(len(attributes)), attributes, rotation=20, ha="right")
     ax.set_ylabel("log10 magnitude − median attribute's\n(Fisher units; late checkpoints, all strata)")
@@ -48,7 +49,7 @@ def plot_contrasts(table: dict, first_order: dict | None = None):
                 sources.append((first_order, 0.25, "s", "J·g"))
             for source, dy, marker, label in sources:
                 r = source[name]
-                colour = "C3" if r["p_holm"] < 0.05 else "0.3"
+                colour = PALETTE[3] if r["p_holm"] < 0.05 else "0.3"
                 ax.errorbar(r["mean"], y + dy, xerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], fmt=marker,
                             capsize=3, color=colour, mfc="none" if label == "J·g" else colour,
                             label=label if y == 0 and ax is ax_l else None)
@@ -76,15 +77,15 @@ def plot_dial(profile: Profile, profiles: dict):
     arm_of = {a.name: a for a in design.study_arms(profile)}
     dial = [n for n in ("independent, no bands", "independent, bands / 3", "independent") if n in profiles]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for k, (label, names) in enumerate((("Black & Brown hair", HAIR_PAIR), ("Eyeglasses", GLASSES),
-                                        ("makeup & lipstick (not banded)", CORRELATED_CONTROLS))):
+    for label, names in (("Black & Brown hair", HAIR_PAIR), ("Eyeglasses", GLASSES),
+                         ("makeup & lipstick (not banded)", CORRELATED_CONTROLS)):
         xs = [arm_of[n].band for n in dial]
         values = [attribute_means(profiles[n], names) for n in dial]
-        ax.plot(xs, [v.mean() for v in values], "o-", color=f"C{k}", label=label)
+        ax.plot(xs, [v.mean() for v in values], "o-", color=group_colour(names), label=label)
         for x, v in zip(xs, values):
-            ax.plot(np.full(len(v), x), v, ".", color=f"C{k}", alpha=0.5)
+            ax.plot(np.full(len(v), x), v, ".", color=group_colour(names), alpha=0.5)
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set(xlabel="noise band: fraction of faces at posterior 0.5", ylabel="log10 magnitude − median attribute's",
+    ax.set(xlabel="noise band: fraction of faces at posterior 0.5", ylabel="log10 magnitude\n− median attribute's",
            title="The dial (independent loss; dots: seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -30,6 +30,15 @@ Skipping. A stage's key hashes its cells, its parameters, the key of the previou
 last successful run, and the lie_helpers sources. A stage whose key matches the one
 recorded in `<run folder>/chain_state.json`, and whose executed notebook exists, is
 skipped: editing notebook 03 reruns 03 and what follows, not the training before it.
+
+Figures. Each stage's record in chain_state.json lists the files it wrote into <run folder>/figures/
+(new or changed while it ran). A run of a profile whose figures are the committed ones (not ci, no
+overrides, no --run-dir) copies the files its stages wrote into figures/, and after a full run (every
+stage of the profile run or up to date, no --only/--from) removes the stale ones: files of figures/
+named NN_… for a stage NN of the profile that no stage wrote (lie_helpers.pipeline.committed_figures). So a figure a notebook
+stops making, or renames, leaves figures/ with the next full run, and a file an older version left in
+the run folder is not copied back. Kept: other profiles' figures (04 on a default run), files named
+after no stage, and the files made by hand (MADE_BY_HAND). A partial run copies and removes nothing, but names the stale files.
 """
 from __future__ import annotations
 
@@ -38,23 +47,21 @@ import errno
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-import nbformat
 import papermill
 from jupyter_client.kernelspec import KernelSpecManager
 from papermill.exceptions import PapermillExecutionError
-from papermill.parameterize import parameterize_notebook
 
 from .. import PACKAGE_DIR, REPO_DIR
 from ..training.config import PROFILES, get_profile, run_folder_name
 from ..training.results import results_dir
 from ..data.storage import atomic_write_bytes, atomic_write_json, json_digest, read_json, show
+from .committed_figures import figure_files, publish_figures, written_since
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_.+\.ipynb$")
 KERNEL_NAME = "python3"   # ipykernel's own spec: the interpreter running the chain
@@ -295,20 +302,6 @@ def as_reference(executed: Path, target: Path) -> None:
     atomic_write_bytes(target, (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def copy_figures(source_dir: Path, figures_dir: Path) -> int:
-    """Copy every file and folder of `source_dir` into `figures_dir`; returns how many."""
-    if not source_dir.is_dir():
-        return 0
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    entries = sorted(source_dir.iterdir())
-    for entry in entries:
-        if entry.is_dir():
-            shutil.copytree(entry, figures_dir / entry.name, dirs_exist_ok=True)
-        else:
-            shutil.copy2(entry, figures_dir / entry.name)
-    return len(entries)
-
-
 def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, figures_dir=None,
               run_dir=None, overrides=None, force=False, only=None, start=None, update_references=False,
               package_dir=PACKAGE_DIR, kernel_name=KERNEL_NAME, progress_bar=True, log=say) -> list:
@@ -316,7 +309,8 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
 
     Folders default to the repository's notebooks/, runs/ and figures/. The run folder is
     runs/<run_folder_name(profile, overrides)> unless `run_dir` is given. Only a plain profile's
-    run (not ci, no overrides, no run_dir) copies its figures to figures/.
+    run (not ci, no overrides, no run_dir) copies its figures to figures/, and only a full one removes the
+    stale ones there (see the module's "Figures").
     Everything that can be wrong with the request (profile, settings, stage names) fails before any work.
     Raises ChainError with a message for the terminal when a notebook fails.
     """
@@ -371,6 +365,7 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
                 # Its recorded results too: a result the notebook no longer records must not linger.
                 (results_dir(run_root) / f"{stage.number}.json").unlink(missing_ok=True)
                 stage.executed.parent.mkdir(parents=True, exist_ok=True)
+                figures_before = figure_files(run_root / "figures")
                 try:
                     papermill.execute_notebook(
                         str(stage.source), str(stage.partial), parameters=parameters[stage.name] or None,
@@ -382,7 +377,8 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
                 os.replace(stage.partial, stage.executed)
                 seconds = time.perf_counter() - started
                 state["stages"][stage.name] = {"key": key, "seconds": round(seconds, 1),
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                               "figures": written_since(figures_before, run_root / "figures")}
                 save_state(run_root, state)
             except OSError as err:
                 if err.errno == errno.ENOSPC:
@@ -393,10 +389,7 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
         previous = state["stages"].get(stage.name, {}).get("key")
 
     if profile != "ci" and not plan.own_folder and not overrides:   # figures/ shows the plain profiles' runs
-        copied = copy_figures(run_root / "figures", figures_dir)
-        if copied:
-            log(f"Copied {copied} figure(s) from {show(run_root / 'figures')} "
-                f"to {show(figures_dir)}.")
+        publish_figures(stages, selected, state, run_root / "figures", figures_dir, log)
     if update_references:
         rows = stage_statuses(stages, state, parameters, fingerprint)
         for stage, _, status in rows:
@@ -454,27 +447,6 @@ def _plan(profile: str, notebooks_dir, runs_root, run_dir, overrides) -> Plan:
     return Plan(notebooks_dir, run_root, own_folder, overrides, parameters, stages)
 
 
-def parameterised_copies(profile: str, dest, *, notebooks_dir=None, runs_root=None, run_dir=None,
-                         overrides=None) -> list[Path]:
-    """Each stage's notebook, unexecuted, with the chain's parameters injected and its folders made absolute (the
-    run folder, the data), written to `dest`: what `pytest --nbval-lax DEST` runs top to bottom in a fresh kernel,
-    from any directory, against the same run folder as the chain (whose finished work it reuses)."""
-    plan = _plan(profile, notebooks_dir, runs_root, run_dir, overrides)
-    data_root = (plan.notebooks_dir / get_profile(profile, **plan.overrides).data_root).resolve()
-    given = {**plan.overrides, "data_root": str(data_root)}
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    written = []
-    for stage in plan.stages:
-        parameters = notebook_parameters(profile, given, plan.run_root, notebook_profile(stage.source))
-        notebook = nbformat.read(stage.source, as_version=4)
-        notebook.metadata.setdefault("papermill", {})
-        notebook = parameterize_notebook(notebook, parameters)
-        atomic_write_bytes(dest / stage.source.name, nbformat.writes(notebook).encode())
-        written.append(dest / stage.source.name)
-    return written
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lie_helpers.chain", description=__doc__.split("\n\n")[0],
@@ -492,20 +464,12 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", type=Path, metavar="DIR",
                         help="run folder (default: runs/<profile>, or runs/<profile>-<overrides>-<hash> with "
                              "--set); its figures are not copied to figures/")
-    parser.add_argument("--nbval-copies", type=Path, metavar="DIR",
-                        help="write the profile's notebooks with their parameters and absolute folders to DIR, run "
-                             "nothing (`pytest --nbval-lax DIR` then executes them against the same run folder)")
     parser.add_argument("--root", type=Path, default=REPO_DIR,
                         help="folder holding notebooks/, runs/ and figures/ (default: the repository)")
     args = parser.parse_args(argv)
     folders = {"notebooks_dir": args.root / "notebooks", "runs_root": args.root / "runs"}
     try:
         overrides = parse_overrides(args.overrides)
-        if args.nbval_copies:
-            for path in parameterised_copies(args.profile, args.nbval_copies, overrides=overrides, run_dir=args.run_dir,
-                                             **folders):
-                say(f"wrote {show(path)}")
-            return 0
         if args.list:
             list_stages(args.profile, overrides=overrides, run_dir=args.run_dir, **folders)
             return 0

@@ -1,38 +1,15 @@
-"""One figure style for the project, saving figures as PNG (README) and PDF (papers), and the training figures."""
+"""The training figures (notebooks 01 and 03): example images, base rates, loss and accuracy curves."""
 from __future__ import annotations
 
 import math
-import textwrap
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
-from ..data.attributes import ATTRIBUTES
-from ..data.attributes import HAIR_COLOURS
+from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
+from .style import GREY, attribute_colours, other_colours, wrap_to_figure
 
-
-def set_style() -> None:
-    """The project's seaborn style; call once at the top of a notebook."""
-    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight",
-                         "pdf.fonttype": 42, "svg.hashsalt": "lie-helpers"})
-
-
-def save_figure(fig, figures_dir, name: str, caption: str) -> list[Path]:
-    """Write `fig` as <name>.png and <name>.pdf, with `caption` (profile and data) printed under it."""
-    figures_dir = Path(figures_dir)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    fig.text(0.01, -0.02, caption, fontsize=7, color="0.35", ha="left", va="top")
-    paths = [figures_dir / f"{name}.png", figures_dir / f"{name}.pdf"]
-    fig.savefig(paths[0])
-    fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None})
-    return paths
-
-
-# ----------------------------------------------------------------------------- training (notebooks 01, 03)
 # Each plot function takes `caption`, the figure's title line (what it shows); save_figure adds
 # the full caption (with describe_source) under the figure.
 
@@ -42,7 +19,7 @@ SHORT_NAMES = {"Male": "male", "Smiling": "smiling", "Eyeglasses": "glasses", "W
 
 def _title(fig, caption: str) -> None:
     """`caption` as the figure's title line, wrapped."""
-    fig.suptitle(textwrap.fill(caption, 100), fontsize=11)
+    fig.suptitle(wrap_to_figure(fig, caption, 11), fontsize=11)
 
 
 def _hair_label(row: dict) -> str:
@@ -88,8 +65,8 @@ def plot_base_rates(observed: dict, expected: dict, caption: str = "", *,
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(6.5, 0.17 * len(names) + 1.3))
     ax.hlines(y, [observed[a] for a in names], [expected[a] for a in names], color="0.7", lw=1)
-    ax.plot([expected[a] for a in names], y, "o", ms=5, mfc="none", color="C1", label=labels[1])
-    ax.plot([observed[a] for a in names], y, "o", ms=3.5, color="C0", label=labels[0])
+    ax.plot([expected[a] for a in names], y, "o", ms=5, mfc="none", color=GREY, label=labels[1])
+    ax.plot([observed[a] for a in names], y, "o", ms=3.5, color="k", label=labels[0])
     ax.set_yticks(y, [a.replace("_", " ") for a in names], fontsize=7)
     ax.invert_yaxis()
     ax.set(xlabel="fraction of images with the attribute", xlim=(0, 1))
@@ -119,6 +96,8 @@ def plot_training_curves(metrics, caption: str = "", highlight=("Black_Hair", "B
     accuracy = accuracy_frame(metrics)
     steps = accuracy.index.to_numpy()
     fig, (ax_loss, ax_acc, ax_zoom) = plt.subplots(1, 3, figsize=(17, 4.8))
+    colours = attribute_colours(highlight)
+    reference_colours = other_colours(len(references or {}), used=colours.values())
 
     train = [(m["step"], m["train_loss"]) for m in metrics if m["train_loss"] is not None]
     if train:
@@ -139,42 +118,17 @@ def plot_training_curves(metrics, caption: str = "", highlight=("Black_Hair", "B
         ax.plot(steps, others.to_numpy(), color="0.8", lw=0.8, zorder=1)
         ax.plot([], [], color="0.8", lw=0.8, label=f"the other {others.shape[1]} attributes")
         ax.plot(steps, mean, "k--", lw=1.5, label=f"mean of {accuracy.shape[1]} (final {mean[-1]:.3f})", zorder=2)
-        for i, name in enumerate(highlight):
+        for name in highlight:
             acc = accuracy[name].to_numpy()
-            ax.plot(steps, acc, "o-", ms=3, lw=2, color=f"C{i}", zorder=3,
+            ax.plot(steps, acc, "o-", ms=3, lw=2, color=colours[name], zorder=3,
                     label=f"{name} (final {acc[-1]:.3f}, lowest in the second half {acc[second_half].min():.3f})")
-        for j, (label, value) in enumerate((references or {}).items()):
-            ax.axhline(value, color=f"C{len(highlight) + j}", ls=":", lw=1.5, label=f"{label}: {value:.3f}")
+        for colour, (label, value) in zip(reference_colours, (references or {}).items()):
+            ax.axhline(value, color=colour, ls=":", lw=1.5, label=f"{label}: {value:.3f}")
         ax.set(xlabel="training step", ylabel="validation accuracy")
-    ax_acc.axhspan(low, 1.005, color="C4", alpha=0.1, zorder=0, label="band zoomed at right")
+    ax_acc.axhspan(low, 1.005, color=GREY, alpha=0.15, zorder=0, label="band zoomed at right")
     ax_acc.set(title="Accuracy per attribute, whole range", ylim=(0, 1.005))
     ax_acc.legend(fontsize=7, loc="lower right")
     ax_zoom.set(title=f"Zoom: accuracy {low:.2f}–1 (the shaded band at left)", ylim=(low, 1.005))
     _title(fig, caption)
     fig.tight_layout()
     return fig
-
-
-def figure_slider(draw, slider, *, dpi: int = 80):
-    """A slider (any ipywidgets value widget) above the figure `draw(value)` returns, redrawn when it moves.
-
-    Live only with a running kernel. The figure is a PNG in an Image widget rather than a plot in an
-    Output widget (`ipywidgets.interact`): headless runs (papermill, nbclient) mimic Output widgets by
-    talking back to the kernel mid-cell, which intermittently hangs (jupyter/nbclient#312).
-    """
-    import io
-
-    import ipywidgets as widgets
-
-    image = widgets.Image(format="png")
-
-    def redraw(_change=None):
-        fig = draw(slider.value)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=dpi)
-        plt.close(fig)
-        image.value = buffer.getvalue()
-
-    slider.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([slider, image])
