@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from ..data.attributes import ATTRIBUTES
-from ..engine.brackets import BracketMatrix, bracket_matrix, gradient, lie_bracket, relative_error
+from ..engine.brackets import BracketMatrix, bracket_matrix, gradient, hvp, lie_bracket, relative_error
 from ..training.config import Profile
 from ..training.train import build_model
 
@@ -89,6 +89,14 @@ def peak_memory(fn: Callable, device) -> tuple[object, int | None]:
     return out, torch.cuda.max_memory_allocated(device) - before
 
 
+def floor_work(model, loss_fn, inputs, targets, pairs) -> list:
+    """The least any bracket method must compute, done directly: one gradient per example, then one
+    Hessian-vector product per ordered pair (H_j g_i and H_i g_j), with no batching and nothing reduced."""
+    gradients = [gradient(model, loss_fn, (inputs[i:i + 1], targets[i:i + 1])) for i in range(inputs.shape[0])]
+    return [hvp(model, loss_fn, (inputs[b:b + 1], targets[b:b + 1]), gradients[a])
+            for i, j in pairs for a, b in ((i, j), (j, i))]
+
+
 def time_bracket_methods(model, loss_fn, inputs, targets, *, methods=("vmap", "rows"), repeats: int = 3,
                          budget_s: float | None = None) -> dict:
     """`bracket_matrix` (each method) against the naive way, one `lie_bracket` per pair: times and agreement.
@@ -112,6 +120,8 @@ def time_bracket_methods(model, loss_fn, inputs, targets, *, methods=("vmap", "r
         "gradient_s": median(timed(lambda: gradient(model, loss_fn, (inputs[:1], targets[:1])), device,
                                    3 * repeats, budget_s=share)),
         "naive_s": median(timed(naive, device, repeats, warmup=0, budget_s=share)),  # warmed above
+        "floor_s": median(timed(lambda: floor_work(model, loss_fn, inputs, targets, pairs), device, repeats,
+                                budget_s=share)),
     }
     if naive_peak is not None:
         result["naive_peak_memory_bytes"] = naive_peak
