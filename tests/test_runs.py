@@ -9,7 +9,9 @@ from lie_helpers.training.train import list_checkpoints, load_checkpoint, train
 def test_side_run_profiles_thin_checkpoints_and_reuse_the_main_run():
     assert runs_module.side_run_profile(get_profile("default"), "categorical_hair_matched", 1).checkpoint_every == 200
     assert runs_module.side_run_profile(get_profile("ci"), "independent", 1).checkpoint_every == 40
-    assert runs_module.side_run_profile(get_profile("full"), "independent", 1).checkpoint_every == 1000
+    full = runs_module.side_run_profile(get_profile("full"), "independent", 1)     # full: side_run_steps 500
+    assert (full.steps, full.checkpoint_every) == (500, 100)
+    assert runs_module.side_run_profile(get_profile("full", side_run_steps=0), "independent", 1).checkpoint_every == 1000
     P = get_profile("default")
     paths = run_paths(P, "runs/x")
     runs = runs_module.loss_runs(P, paths.root)

@@ -31,15 +31,16 @@ class SideRun:
 
 
 def side_run_profile(profile: Profile, loss: str, seed: int, checkpoints: int = 5) -> Profile:
-    """`profile` with `loss` and `seed`, saving about `checkpoints` checkpoints instead of every
-    profile.checkpoint_every steps.
+    """`profile` with `loss` and `seed`, trained for profile.side_run_steps steps (0: the profile's steps),
+    saving about `checkpoints` checkpoints instead of every profile.checkpoint_every steps.
 
     The cadence is a multiple of the profile's, so every checkpoint also exists in the main run. It
     only thins what is saved (and analysed): checkpoints evaluate in eval mode without
     touching parameters, buffers or random state, so the trajectory is the same.
     """
-    every = profile.checkpoint_every * max(1, round(profile.steps / checkpoints / profile.checkpoint_every))
-    return dataclasses.replace(profile, loss=loss, seed=seed, checkpoint_every=every)
+    steps = profile.side_run_steps or profile.steps
+    every = profile.checkpoint_every * max(1, round(steps / checkpoints / profile.checkpoint_every))
+    return dataclasses.replace(profile, loss=loss, seed=seed, steps=steps, checkpoint_every=min(every, steps))
 
 
 def loss_runs(profile: Profile, run_dir, checkpoints: int = 5, seeds=None) -> list[SideRun]:
