@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lie_helpers.analysis import order_effects as O
 from lie_helpers.analysis import persistence as PE
 from lie_helpers.analysis import swap_orders as SO
 from lie_helpers.engine.adam import AdamState, adam_bracket
 from lie_helpers.engine.brackets import bracket_mode, field_norm, gradient
+from lie_helpers.engine.numerics import loglog_fit
 from lie_helpers.training import train as T
 from lie_helpers.training.config import get_profile
 from lie_helpers.training.mxresnet import with_stem_pool
@@ -95,6 +97,20 @@ def test_residual_orders_in_parameters_and_in_logits_with_the_second_order_term(
     assert result.logits["second"][-1] < 0.1 * result.logits["linear"][-1]
     assert 0 < result.at_training_lr["params_sgd_ratio"] < 1
     assert -1 <= result.at_training_lr["logits_sgd_cosine"] <= 1
+
+
+def test_order_effects_adam_aware_prediction_already_holds_the_second_order_term():
+    """order_effects.measure_swap takes the frozen-gradient steps' own logit change (not J·F), which contains
+    ½f''(Σ₁, F): its Adam-aware residual is third order on a smooth net too (measured 3.01)."""
+    model, state = warmed("conv")
+    a, b = minibatches("conv", 2)
+    fixed = data("conv", 6, seed=9)[0]
+    lrs = np.logspace(-2, -4, 4)
+    left = []
+    for lr in lrs:
+        swap = O.measure_swap(model, state.with_lr(lr).optimizer(model), loss_fn, (a, b), fixed, lr)
+        left.append(float((swap.real - swap.predictions["adam_aware"]).pow(2).mean().sqrt()))
+    assert loglog_fit(lrs, left).slope == pytest.approx(3, abs=0.15)
 
 
 def test_the_second_derivative_is_a_second_difference():
