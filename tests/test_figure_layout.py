@@ -29,7 +29,9 @@ from lie_helpers.analysis.symmetry import StepGrowth  # noqa: E402
 from lie_helpers.data.attributes import ATTRIBUTES  # noqa: E402
 from lie_helpers.engine import toy  # noqa: E402
 from lie_helpers.engine.brackets import lie_bracket  # noqa: E402
-from lie_helpers.figures import brackets, heatmaps, study, style, symmetry, theory, training  # noqa: E402
+from lie_helpers.analysis.persistence import Persistence  # noqa: E402
+from lie_helpers.analysis.swap_orders import LOGIT_RESIDUALS, PARAM_RESIDUALS, SwapOrders  # noqa: E402
+from lie_helpers.figures import adam, brackets, heatmaps, study, style, symmetry, theory, training  # noqa: E402
 from lie_helpers.study.contrasts import CONTRASTS, DETECTION  # noqa: E402
 from lie_helpers.study.design import study_arms  # noqa: E402
 from lie_helpers.training.config import get_profile  # noqa: E402
@@ -229,7 +231,32 @@ def with_exact_zeros(shape, low, high):
     return values
 
 
+def swap_orders():
+    """Residuals of four swaps on both stems, each falling at its expected order from the training lr."""
+    lrs = 5e-3 * 0.25 ** np.arange(7)
+    results = []
+    for stem in ("max", "avg"):
+        for k in range(4):
+            scale = RNG.uniform(0.5, 2)
+            results.append(SwapOrders(step=200 * (k + 1), ambiguous=k % 2, stem=stem, lrs=lrs,
+                                      params={n: scale * 10.0 ** -o * (lrs / lrs[0]) ** o for n, o in PARAM_RESIDUALS.items()},
+                                      logits={n: scale * 10.0 ** -o * (lrs / lrs[0]) ** o for n, o in LOGIT_RESIDUALS.items()}))
+    return results
+
+
+def persistence():
+    """Four swaps: the ratio grows over 80 zero-gradient steps and 20 later minibatches, drained part near 𝔅."""
+    zero_ks, later_ks = np.array([0, 1, 2, 5, 10, 20, 40, 80]), np.array([0, 1, 2, 5, 10, 20])
+    return [Persistence(step=200 * (k + 1), ambiguous=k % 2, stem="max", lr=5e-3, later_ks=later_ks,
+                        later=1 + 0.05 * later_ks * RNG.uniform(0.8, 1.2), later_vs_zero_cosine=np.full(6, 0.46),
+                        zero_ks=zero_ks, zero=1 + 0.5 * (1 - np.exp(-zero_ks / 10)),
+                        drained={"adam_cosine": 0.97 + 0.005 * k, "adam_ratio": 0.98, "sgd_cosine": 0.08})
+            for k in range(4)]
+
+
 FIGURES = {
+    "adam.plot_swap_orders": lambda: adam.plot_swap_orders(swap_orders()),
+    "adam.plot_persistence": lambda: adam.plot_persistence(persistence()),
     # notebook 01 (and 03's training curves)
     "training.plot_image_grid": lambda: training.plot_image_grid(
         torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8), (torch.rand(16, 40) > 0.7).long(), 16,
@@ -295,7 +322,7 @@ def test_no_text_leaves_the_figure_or_overlaps_another(name, one_thread):
 
 def test_every_figure_function_is_checked():
     """A new figure function joins FIGURES: every public plot_* of lie_helpers.figures is in it."""
-    modules = (brackets, heatmaps, study, symmetry, theory, training)
+    modules = (adam, brackets, heatmaps, study, symmetry, theory, training)
     public = {f"{m.__name__.rsplit('.', 1)[1]}.{name}" for m in modules for name in dir(m)
               if name.startswith("plot_") and callable(getattr(m, name))}
     assert public <= set(FIGURES), sorted(public - set(FIGURES))

@@ -1,5 +1,7 @@
 """Real order effects: the swap is training's own two steps, its predictions are what they claim to be,
 and the decomposition separates Adam's moments (first order in lr) from curvature (the bracket's order)."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -38,13 +40,19 @@ def test_swap_steps_are_inside_the_run_on_the_checkpoint_grid():
     assert swap_steps(get_profile("ci")) == [40]
 
 
-def test_training_keeps_the_adam_state_of_the_swap_steps(run):
+def test_training_keeps_the_adam_state_of_every_checkpoint(run, tmp_path):
     kept = sorted(int(p.name[5:11]) for p in (run / "checkpoints").glob("*.optimizer.safetensors"))
-    assert kept == [4, 6, 8]                      # the swap step, and the last two checkpoints
-    assert run_folder.checkpoint_problem(run, 4, ("optimizer",)) is None
-    assert "keeps no optimizer" in run_folder.checkpoint_problem(run, 2, ("optimizer",))
+    assert kept == [0, 2, 4, 6, 8]
+    assert all(run_folder.checkpoint_problem(run, s, ("optimizer",)) is None for s in kept)
+    old = tmp_path / "old"                        # a run trained before: its states pruned
+    shutil.copytree(run, old)
+    manifest = run_folder.read_manifest(old)
+    manifest["checkpoints"]["2"]["sha256"].pop("optimizer")
+    storage.atomic_write_json(old / "manifest.json", manifest)
+    (old / "checkpoints" / "step_000002.optimizer.safetensors").unlink()
+    assert "keeps no optimizer" in run_folder.checkpoint_problem(old, 2, ("optimizer",))
     with pytest.raises(ValueError, match="no usable Adam state.*train the run again"):
-        T.load_training_state(run, 2, PROFILE)
+        T.load_training_state(old, 2, PROFILE)
 
 
 def test_next_minibatches_are_the_ones_training_takes():

@@ -16,7 +16,7 @@ from lie_helpers.training.config import PROFILES, get_profile, run_folder_name, 
 from lie_helpers.training.run_folder import RunPaths
 
 SETTINGS = dict(image_size=16, width=0.125, steps=5, batch_size=8, checkpoint_every=2, eval_images=12,
-                bracket_examples=3, pushforward_batch=5, swap_checkpoints=0)   # Adam state: the last two only
+                bracket_examples=3, pushforward_batch=5, swap_checkpoints=0)
 PROFILE = get_profile("ci", **SETTINGS)
 
 
@@ -79,10 +79,10 @@ def test_manifest_holds_the_sha256_and_key_of_every_checkpoint_and_record(run):
         assert entry["key"] == {"profile_hash": PROFILE.hash(), "data_fingerprint": "data-a"}
         assert entry["sha256"]["weights"] == hashlib.sha256(run.weights(int(step)).read_bytes()).hexdigest()
         assert entry["sha256"]["info"] == hashlib.sha256(run.info(int(step)).read_bytes()).hexdigest()
-    # Optimizer state: the last two checkpoints' only, and the manifest says which.
-    assert [s for s, e in manifest["checkpoints"].items() if "optimizer" in e["sha256"]] == ["4", "5"]
+    # Optimizer state: every checkpoint's, and the manifest says so.
+    assert [s for s, e in manifest["checkpoints"].items() if "optimizer" in e["sha256"]] == ["0", "2", "4", "5"]
     assert sorted(p.name for p in run.checkpoints.glob("*.optimizer.*")) == [
-        "step_000004.optimizer.safetensors", "step_000005.optimizer.safetensors"]
+        f"step_00000{s}.optimizer.safetensors" for s in (0, 2, 4, 5)]
     for step, entry in manifest["records"].items():
         assert entry["key"] == analysis.analysis_key(PROFILE, "data-a")
         assert entry["sha256"] == hashlib.sha256(run.record(int(step)).read_bytes()).hexdigest()
@@ -154,7 +154,7 @@ def test_a_same_size_overwrite_of_a_checkpoints_weights_is_refused_and_train_wri
         analyse(run.root)
     train(run.root)                       # checks every checkpoint, resumes from the last good one with state
     out = capsys.readouterr().out
-    assert "Checkpoint 4 of" in out and "No earlier checkpoint keeps its optimizer state" in out
+    assert "Checkpoint 4 of" in out and "Resuming from step 2, the last checkpoint with its optimizer state" in out
     assert_same_checkpoints(run.root, analysed)                                   # deterministic: the same run
     analyse(run.root)
     assert analysis.load_run_brackets(PROFILE, run.root).steps == [0, 2, 4, 5]

@@ -18,6 +18,10 @@ and batch (lie_helpers.analysis.first_order; the nulls a bracket finding is meas
     ggn_trace             [outputs]               each output's GGN (= Fisher) trace over the batch (Hutchinson)
     batch_targets         [batch, outputs]        the batch's labels (calibration)
 
+and, with `adam` (the default), Adam's bracket beside the SGD one, from each checkpoint's own Adam state
+and reduced the same way (lie_helpers.analysis.adam_records: adam_bracket_rms, adam_tangent_rms,
+adam_logit_perturbation, adam_scales, adam_step; NaN at step 0, where Adam has no state yet).
+
 one safetensors file per checkpoint in <run>/brackets/, listed in the run folder's manifest
 with its sha256, its analysis key and the checkpoint it summarises (lie_helpers.run_folder).
 A record that verifies under the current key is skipped, so an interrupted analysis resumes;
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from . import first_order
+from . import adam_records, first_order
 from ..data import storage
 from ..training import run_folder
 from ..engine.brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, bracket_mode, checked_pairs_per_call,
@@ -44,15 +48,15 @@ from ..training.losses import IndependentBCE, get_loss
 from ..data.storage import show
 from ..training.train import load_checkpoint, prepare_inputs
 
-ANALYSIS_VERSION = 3  # bump when what is stored changes
+ANALYSIS_VERSION = 4  # bump when what is stored changes (4: Adam's bracket)
 BASELINES = ("gradient_pushforward", "attribute_loss", "attribute_gradient_gram", "ggn_trace", "batch_targets")
 GGN_SAMPLES = 32      # Hutchinson samples of the GGN trace: ~0.35 s a checkpoint, median standard error 13%
 
 
-def analysis_key(profile: Profile, fingerprint: str) -> str:
+def analysis_key(profile: Profile, fingerprint: str, adam: bool = True) -> str:
     """What a stored result depends on: the run (profile hash, data) and the analysis settings."""
     return json.dumps({"run": profile.hash(), "data": fingerprint, "examples": profile.bracket_examples,
-                       "batch": profile.pushforward_batch, "version": ANALYSIS_VERSION}, sort_keys=True)
+                       "batch": profile.pushforward_batch, "version": ANALYSIS_VERSION, "adam": adam}, sort_keys=True)
 
 
 def fixed_inputs(profile: Profile, test_data, device="cpu", dtype=torch.float32, *, example_indices=None,
@@ -93,15 +97,21 @@ def _positions(profile: Profile, n_images: int, example_indices, batch_indices):
 
 
 def analyse_checkpoint(model, loss_fn, examples, targets, batch, *, batch_targets=None,
-                       keep_full: bool = False, pairs_per_call: int | None = None) -> dict:
+                       keep_full: bool = False, pairs_per_call: int | None = None, adam_state=None) -> dict:
     """The compact record of one checkpoint (see the module docstring); with keep_full, also every bracket.
 
-    With `batch_targets` and the independent loss, the first-order baselines are stored too.
+    With `batch_targets` and the independent loss, the first-order baselines are stored too; with
+    `adam_state` (the checkpoint's engine.adam.AdamState), Adam's bracket (analysis.adam_records).
     pairs_per_call: bracket_matrix's memory bound (default brackets.PAIRS_PER_CALL).
     """
     matrix = reduced_brackets(model, loss_fn, examples, targets, batch, keep_full=keep_full,
                               pairs_per_call=pairs_per_call)
-    return checkpoint_record(model, loss_fn, examples, targets, batch, matrix, batch_targets=batch_targets)
+    record = checkpoint_record(model, loss_fn, examples, targets, batch, matrix, batch_targets=batch_targets)
+    if adam_state is not None:
+        adam = adam_records.reduced_adam_brackets(model, loss_fn, examples, targets, batch, adam_state,
+                                                  pairs_per_call=pairs_per_call)
+        record.update(adam_records.adam_record(adam, adam_state, record))
+    return record
 
 
 def reduced_brackets(model, loss_fn, examples, targets, batch, *, keep_full: bool = False,
@@ -158,7 +168,7 @@ def full_brackets_bytes(profile: Profile, n_parameters: int, n_checkpoints: int)
 
 
 def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, device=None,
-                progress: bool = True, pairs_per_call: int | None = None) -> list[int]:
+                progress: bool = True, pairs_per_call: int | None = None, adam: bool = True) -> list[int]:
     """Compute and store the record of every checkpoint of the run that has no good record yet; returns the steps.
 
     A record that is missing, made under another key or from another checkpoint, or altered
@@ -166,13 +176,15 @@ def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, 
     device: where to compute, by default CUDA when available (TF32 stays off there).
     pairs_per_call: bracket_matrix's memory bound (default brackets.PAIRS_PER_CALL; lower it for a
     large model on a small GPU).
+    adam: also Adam's bracket from each checkpoint's Adam state (refused, naming the fix, for a run trained
+    before training kept every state).
     Across processes: lie_helpers.distributed, with the same per-checkpoint code.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     paths = run_paths(profile, run_dir)
     with run_folder.lock(paths):
-        key, steps, todo = records_to_compute(paths, profile, fingerprint)
-        inputs = record_inputs(profile, test_data, device, pairs_per_call)
+        key, steps, todo = records_to_compute(paths, profile, fingerprint, adam)
+        inputs = record_inputs(profile, test_data, device, pairs_per_call, adam=adam)
         for step in tqdm(todo, desc="brackets", disable=not progress):
             store_record(paths, profile, step, key, inputs)
             run_folder.add_record(paths, step, key)
@@ -189,10 +201,11 @@ class RecordInputs:
     batch_targets: torch.Tensor
     device: torch.device
     pairs_per_call: int = PAIRS_PER_CALL
+    adam: bool = True       # Adam's bracket too
 
 
 def record_inputs(profile: Profile, test_data, device, pairs_per_call: int | None = None, *,
-                  example_indices=None, batch_indices=None) -> RecordInputs:
+                  example_indices=None, batch_indices=None, adam: bool = True) -> RecordInputs:
     """The loss, the bracket examples and their targets, the pushforward batch and its targets, on `device`
     (the first test images, or those at the indices: see fixed_inputs), and the pairs per vmapped call
     (default brackets.PAIRS_PER_CALL)."""
@@ -201,19 +214,21 @@ def record_inputs(profile: Profile, test_data, device, pairs_per_call: int | Non
     _, batch_at = _positions(profile, len(test_data[0]), example_indices, batch_indices)
     batch_targets = test_data[1][batch_at].to(device=device, dtype=targets.dtype)
     return RecordInputs(get_loss(profile.loss), examples, targets, batch, batch_targets, torch.device(device),
-                        checked_pairs_per_call(pairs_per_call))
+                        checked_pairs_per_call(pairs_per_call), adam)
 
 
-def records_to_compute(paths, profile: Profile, fingerprint: str) -> tuple[str, list[int], list[int]]:
+def records_to_compute(paths, profile: Profile, fingerprint: str, adam: bool = True) -> tuple[str, list[int], list[int]]:
     """(analysis key, the run's complete checkpoints, those whose record is missing or does not verify).
 
-    Says which existing records are recomputed and why, and what optional full brackets will take.
-    Hold the run folder's lock.
+    Says which existing records are recomputed and why, and what optional full brackets will take; with
+    `adam`, refuses (naming the fix) when one of those checkpoints keeps no Adam state. Hold the run folder's lock.
     """
     steps = _checked_steps(paths, fingerprint)
-    key = analysis_key(profile, fingerprint)
+    key = analysis_key(profile, fingerprint, adam)
     problems = {s: run_folder.record_problem(paths, s, key) for s in steps}
     todo = [s for s in steps if problems[s]]
+    if adam:
+        adam_records.missing_adam_states(paths.root, todo)
     bad = [problems[s] for s in todo if paths.record(s).exists()]
     if bad:
         print(f"Recomputing {len(bad)} bracket record(s) that do not verify: " + "; ".join(bad))
@@ -231,10 +246,11 @@ def store_record(paths, profile: Profile, step: int, key: str, inputs: RecordInp
     computing records side by side never write the manifest at once.
     """
     model = load_checkpoint(paths.root, step, profile, device=inputs.device)
+    state = adam_records.load_adam_state(paths.root, step, profile, inputs.device) if inputs.adam else None
     start = time.perf_counter()
     record = analyse_checkpoint(model, inputs.loss_fn, inputs.examples, inputs.targets, inputs.batch,
                                 batch_targets=inputs.batch_targets, keep_full=profile.save_full_brackets,
-                                pairs_per_call=inputs.pairs_per_call)
+                                pairs_per_call=inputs.pairs_per_call, adam_state=state)
     write_record(paths, step, key, model, record, time.perf_counter() - start)
 
 
@@ -282,20 +298,26 @@ class RunBrackets:
     attribute_gradient_gram: torch.Tensor | None = None  # [checkpoints, outputs, outputs]
     ggn_trace: torch.Tensor | None = None                # [checkpoints, outputs]
     batch_targets: torch.Tensor | None = None            # [checkpoints, batch, outputs]
+    # Adam's bracket (analysis.adam_records; None when analysed without it), stacked like the above; NaN at step 0
+    adam_bracket_rms: torch.Tensor | None = None         # [checkpoints, pairs, tensors]
+    adam_tangent_rms: torch.Tensor | None = None         # [checkpoints, examples, tensors]
+    adam_logit_perturbation: torch.Tensor | None = None  # [checkpoints, pairs, batch, outputs]
+    adam_scales: torch.Tensor | None = None              # [checkpoints, 2]: κ (immediate), γc₁ (drained)
+    adam_step: torch.Tensor | None = None                # [checkpoints, 1]
 
 
-def load_run_brackets(profile: Profile, run_dir=None) -> RunBrackets:
+def load_run_brackets(profile: Profile, run_dir=None, adam: bool = True) -> RunBrackets:
     """Read back what analyse_run stored, in step order: one verified record per complete checkpoint.
 
     Refuses, naming the files, when a record is missing, stray, foreign or altered
-    (analyse_run recomputes those that can be).
+    (analyse_run recomputes those that can be); adam: the records analysed with (or without) Adam's bracket.
     """
     paths = run_paths(profile, run_dir)
     if not run_folder.complete_checkpoints(paths):
         raise FileNotFoundError(f"No bracket records in {show(paths.brackets)}: compute them first (notebook 02).")
     steps = _checked_steps(paths, None)
     fingerprint = run_folder.checkpoint_entry(paths, steps[-1])["key"]["data_fingerprint"]
-    key = analysis_key(profile, fingerprint)
+    key = analysis_key(profile, fingerprint, adam)
     problems = [p for p in (run_folder.record_problem(paths, s, key) for s in steps) if p]
     if problems:
         raise ValueError(f"The bracket records of {show(paths.root)} do not match its checkpoints: "
@@ -313,5 +335,6 @@ def load_run_brackets(profile: Profile, run_dir=None) -> RunBrackets:
         logit_perturbation=torch.stack([r["logit_perturbation"] for r in records]),
         batch_logits=torch.stack([r["batch_logits"] for r in records]),
         seconds=[float(m["seconds"]) for m in metadata],
-        **{name: torch.stack([r[name] for r in records]) for name in BASELINES if name in records[0]},
+        **{name: torch.stack([r[name] for r in records]) for name in BASELINES + adam_records.ADAM_KEYS
+           if name in records[0]},
     )

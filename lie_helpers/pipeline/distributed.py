@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..analysis import adam_records
 from ..analysis import records as analysis
 from ..data import storage
 from ..training import datasets, run_folder
@@ -107,18 +108,27 @@ def store_shared_record(paths, profile: Profile, step: int, key: str, inputs: an
     """Checkpoint `step`'s record from all ranks: each reduces its chunks of pairs, rank 0 gathers and writes."""
     rank, world = dist.get_rank(), dist.get_world_size()
     model = load_checkpoint(paths.root, step, profile, device=inputs.device)
+    state = adam_records.load_adam_state(paths.root, step, profile, inputs.device) if inputs.adam else None
     start = time.perf_counter()
     chunks = pair_chunks(BracketMatrix(profile.bracket_examples).pairs, inputs.pairs_per_call)
     mine = [pair for chunk in share(chunks, rank, world) for pair in chunk]
-    matrix = analysis.reduced_brackets(model, inputs.loss_fn, inputs.examples, inputs.targets, inputs.batch,
-                                       pairs_per_call=inputs.pairs_per_call, pairs=mine)
+    matrices = [analysis.reduced_brackets(model, inputs.loss_fn, inputs.examples, inputs.targets, inputs.batch,
+                                          pairs_per_call=inputs.pairs_per_call, pairs=mine)]
+    if state is not None:
+        matrices.append(adam_records.reduced_adam_brackets(model, inputs.loss_fn, inputs.examples, inputs.targets,
+                                                           inputs.batch, state, pairs_per_call=inputs.pairs_per_call,
+                                                           pairs=mine))
     gathered = [None] * world if rank == 0 else None
-    dist.gather_object(matrix.brackets, gathered, dst=0)
+    dist.gather_object([m.brackets if m is not None else None for m in matrices], gathered, dst=0)
     if rank == 0:
         for brackets in gathered:
-            matrix.brackets.update(brackets)
+            for matrix, part in zip(matrices, brackets):
+                if matrix is not None:
+                    matrix.brackets.update(part)
         record = analysis.checkpoint_record(model, inputs.loss_fn, inputs.examples, inputs.targets, inputs.batch,
-                                            matrix, batch_targets=inputs.batch_targets)
+                                            matrices[0], batch_targets=inputs.batch_targets)
+        if state is not None:
+            record.update(adam_records.adam_record(matrices[1], state, record))
         analysis.write_record(paths, step, key, model, record, time.perf_counter() - start)
 
 

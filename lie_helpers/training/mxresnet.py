@@ -3,7 +3,8 @@
 The whole architecture on one screen:
 
 - stem: three 3×3 conv–BN–Mish layers (32, 64, 64 channels, the first with stride 2),
-  then a 3×3 stride-2 max-pool. This is the stem of the published MXResNet (Less Wright's
+  then a 3×3 stride-2 max-pool (`stem_pool="avg"`: an average pool, the same window, which makes
+  the network a smooth function of its parameters: no max-pool kinks; order-effect checks). This is the stem of the published MXResNet (Less Wright's
   Mish XResNet, `(c_in+1)*8, 64, 64`); fastai's later xresnet uses 32, 32, 64. The
   published stem gives MXResNet-18 with 40 outputs its 11,243,976 parameters;
 - four stages of residual blocks, widths 64, 128, 256, 512 (the first stage keeps the
@@ -22,6 +23,8 @@ is the published network, 0.25 or 0.125 make small, fast profiles. Any input res
 of at least 16 pixels works (the network downsamples by 32, ending at 1×1 or more).
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -69,8 +72,29 @@ class ResBlock(nn.Module):
         return self.act(self.convs(x) + self.shortcut(x))
 
 
-def mxresnet(depth: int = 18, n_outputs: int = 40, width: float = 1.0, in_channels: int = 3) -> nn.Sequential:
-    """MXResNet-`depth` (18, 34 or 50) with `n_outputs` logits and channel multiplier `width`."""
+def stem_pooling(kind: str = "max") -> nn.Module:
+    """The stem's 3×3 stride-2 pooling: "max" (the published network) or "avg" (kink-free, same window)."""
+    if kind == "max":
+        return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    if kind == "avg":
+        return nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
+    raise ValueError(f"stem_pool must be 'max' or 'avg', got {kind!r}.")
+
+
+def with_stem_pool(model: nn.Sequential, kind: str) -> nn.Sequential:
+    """A copy of an mxresnet with its stem's pooling replaced by `kind`'s (the same parameters and buffers)."""
+    twin = copy.deepcopy(model)
+    at = [i for i, m in enumerate(twin) if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+    if len(at) != 1:
+        raise ValueError(f"Expected one stem pooling layer at the top level of the model, found {len(at)}.")
+    twin[at[0]] = stem_pooling(kind)
+    return twin
+
+
+def mxresnet(depth: int = 18, n_outputs: int = 40, width: float = 1.0, in_channels: int = 3,
+             stem_pool: str = "max") -> nn.Sequential:
+    """MXResNet-`depth` (18, 34 or 50) with `n_outputs` logits and channel multiplier `width`; `stem_pool`
+    "max" as published or "avg" (kink-free)."""
     if depth not in LAYERS:
         raise ValueError(f"Unknown depth {depth}. Choose one of: {', '.join(map(str, LAYERS))}.")
     if width <= 0:
@@ -82,7 +106,7 @@ def mxresnet(depth: int = 18, n_outputs: int = 40, width: float = 1.0, in_channe
 
     stem_widths = [in_channels] + [scaled(c) for c in STEM_WIDTHS]
     stem = [conv_bn(stem_widths[i], stem_widths[i + 1], 3, stride=2 if i == 0 else 1) for i in range(3)]
-    stem.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+    stem.append(stem_pooling(stem_pool))
 
     stages, n_in = [], stem_widths[-1]
     for i, (n_blocks, hidden) in enumerate(zip(LAYERS[depth], STAGE_WIDTHS)):

@@ -3,7 +3,7 @@
     manifest.json                                  what is complete, with content hashes (see below)
     metrics.json                                   one record per complete checkpoint (lie_helpers.train)
     checkpoints/step_000050.safetensors            model state_dict
-    checkpoints/step_000050.optimizer.safetensors  Adam state: the last KEEP_OPTIMIZER_STATES checkpoints and config.swap_steps
+    checkpoints/step_000050.optimizer.safetensors  Adam state (m, v, step count), kept at every checkpoint
     checkpoints/step_000050.json                   metadata: losses, accuracy, profile, data fingerprint
     brackets/step_000050.safetensors               the bracket record of checkpoint 50 (lie_helpers.analysis)
     brackets/full/step_000050.safetensors          optional: every full bracket (float16)
@@ -30,7 +30,6 @@ import filelock
 from ..data import storage
 from ..data.storage import show
 
-KEEP_OPTIMIZER_STATES = 2   # the latest checkpoint's, and one to fall back on when it is bad
 LOCK_WAIT_SECONDS = 10.0    # how long a second writer waits for the lock before it refuses
 MANIFEST_VERSION = 1
 
@@ -161,23 +160,6 @@ def forget_checkpoints_after(run, step: int) -> None:
     manifest = read_manifest(run)
     manifest["checkpoints"] = {s: e for s, e in manifest["checkpoints"].items() if int(s) <= step}
     _write_manifest(run, manifest)
-
-
-def prune_optimizer_states(run, keep: int = KEEP_OPTIMIZER_STATES, also=()) -> None:
-    """Delete the optimizer state of all but the last `keep` complete checkpoints and the steps in `also`
-    (those real order effects start from: config.swap_steps). Hold the lock."""
-    paths = _paths(run)
-    manifest = read_manifest(paths)
-    steps = sorted(int(s) for s in manifest["checkpoints"])
-    kept = set(steps[-keep:]) | set(also)
-    for step in steps:
-        if step not in kept:
-            paths.optimizer(step).unlink(missing_ok=True)
-            manifest["checkpoints"][str(step)]["sha256"].pop("optimizer", None)
-    for stray in paths.checkpoints.glob("step_*.optimizer.safetensors"):   # an interrupted run's
-        if int(stray.name[5:11]) not in kept:
-            stray.unlink(missing_ok=True)
-    _write_manifest(paths, manifest)
 
 
 def checkpoint_problem(run, step: int, parts=("weights", "info")) -> str | None:
