@@ -50,7 +50,7 @@ from ..engine.brackets import gradient, hvp, lie_bracket, pushforward, swap_diff
 from ..engine.numerics import cosine, rms
 from ..training.config import Profile, swap_steps
 from ..training.losses import get_loss
-from ..training.train import epoch_order, load_training_state, prepare_inputs
+from ..training.train import default_device, epoch_order, load_training_state, prepare_inputs
 
 PREDICTIONS = ("bracket", "gradient", "adam_frozen", "adam_aware")
 LR_SCALE = 0.25   # the second learning rate, as a fraction of the training one, for the order in lr
@@ -236,23 +236,25 @@ def measure_swap(model, optimizer, loss_fn, pair_batches, fixed_batch, lr: float
 # ----------------------------------------------------------------------------- a run
 
 def measure_run(profile: Profile, run_dir, train_data, fixed_batch: torch.Tensor, ambiguous: np.ndarray, *,
-                steps=None, per_kind: int = 2, progress: bool = True) -> list[Swap]:
+                steps=None, per_kind: int = 2, device=None, progress: bool = True) -> list[Swap]:
     """Real swaps at `steps` (default config.swap_steps), `per_kind` pairs with many and with few ambiguous
     images at each (choose_pairs). train_data: (uint8 images, attributes) of the training split;
-    fixed_batch: the prepared pushforward batch (analysis.fixed_inputs)."""
+    fixed_batch: the prepared pushforward batch (analysis.fixed_inputs). device: where to compute (float64), by
+    default the GPU when there is one (training.default_device)."""
     steps = swap_steps(profile) if steps is None else list(steps)
     if not steps:
         raise ValueError(f"Profile {profile.name!r} measures no swaps (swap_checkpoints={profile.swap_checkpoints}, "
                          f"or no checkpoint inside the run): set swap_checkpoints ≥ 1.")
     images, attributes = train_data
     loss_fn = get_loss(profile.loss)
-    batch = fixed_batch.double()
+    device = default_device() if device is None else torch.device(device)
+    batch = fixed_batch.to(device=device, dtype=torch.float64)
     swaps = []
     with tqdm(total=len(steps) * 2 * per_kind, desc="real swaps", disable=not progress) as bar:
         for step in steps:
-            model, optimizer = load_training_state(run_dir, step, profile, dtype=torch.float64)
+            model, optimizer = load_training_state(run_dir, step, profile, dtype=torch.float64, device=device)
             for pair in choose_pairs(profile, len(images), step, ambiguous, per_kind):
-                batches = [(prepare_inputs(images[i], dtype=torch.float64), attributes[i].double())
+                batches = [(prepare_inputs(images[i], device, torch.float64), attributes[i].to(device, torch.float64))
                            for i in (pair.first, pair.second)]
                 swaps.append(measure_swap(model, optimizer, loss_fn, batches, batch, profile.lr, step,
                                           pair.ambiguous))

@@ -39,7 +39,7 @@ from ..engine.numerics import cosine
 from ..training.config import Profile, swap_steps
 from ..training.losses import get_loss
 from ..training.mxresnet import with_stem_pool
-from ..training.train import prepare_inputs
+from ..training.train import default_device, prepare_inputs
 from .order_effects import next_minibatches
 from .swap_orders import adam_run, checkpoint_pairs
 
@@ -136,7 +136,7 @@ def measure_persistence(model, state: AdamState, loss_fn, batch_a, batch_b, late
 
 def measure_run_persistence(profile: Profile, run_dir, train_data, ambiguous, *, steps=None, per_kind: int = 1,
                             pairs: int | None = None, stems=("max", "avg"), later_stems=("max",), later_ks=LATER_KS,
-                            zero_ks=ZERO_KS, progress: bool = True) -> list[Persistence]:
+                            zero_ks=ZERO_KS, device=None, progress: bool = True) -> list[Persistence]:
     """measure_persistence at `steps` (default config.swap_steps) for the pairs of choose_pairs (the first
     `pairs` of them), on the trained network and its average-pool twin; the later-minibatch continuation (training's minibatches after the pair)
     on `later_stems` only (it costs a training step per step)."""
@@ -145,11 +145,13 @@ def measure_run_persistence(profile: Profile, run_dir, train_data, ambiguous, *,
         raise ValueError(f"Profile {profile.name!r} measures no swaps (swap_checkpoints={profile.swap_checkpoints}).")
     images, attributes = train_data
     loss_fn = get_loss(profile.loss)
+    device = default_device() if device is None else torch.device(device)
     out = []
     count = min(2 * per_kind, pairs or 2 * per_kind)
     with tqdm(total=len(steps) * count * len(stems), desc="persistence", disable=not progress) as bar:
         for step in steps:
-            model, state, chosen = checkpoint_pairs(profile, run_dir, train_data, ambiguous, step, per_kind, pairs)
+            model, state, chosen = checkpoint_pairs(profile, run_dir, train_data, ambiguous, step, per_kind, pairs,
+                                                    device)
             for stem in stems:
                 net = model if stem == "max" else with_stem_pool(model, stem)
                 for pair, (a, b) in chosen:
@@ -157,7 +159,7 @@ def measure_run_persistence(profile: Profile, run_dir, train_data, ambiguous, *,
                     if stem in later_stems:
                         after = next_minibatches(profile, len(images), pair.step, 2 * 40 + max(later_ks))
                         start = _position_after(after, pair)
-                        later = [(prepare_inputs(images[i], dtype=torch.float64), attributes[i].double())
+                        later = [(prepare_inputs(images[i], device, torch.float64), attributes[i].to(device, torch.float64))
                                  for i in after[start:start + max(later_ks)]]
                     out.append(measure_persistence(net, state.with_lr(profile.lr), loss_fn, a, b, later, step=step,
                                                    ambiguous=pair.ambiguous, stem=stem, later_ks=later_ks,

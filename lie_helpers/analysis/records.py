@@ -46,7 +46,7 @@ from ..engine.brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, br
 from ..training.config import Profile, run_paths
 from ..training.losses import IndependentBCE, get_loss
 from ..data.storage import show
-from ..training.train import load_checkpoint, prepare_inputs
+from ..training.train import default_device, load_checkpoint, prepare_inputs
 
 ANALYSIS_VERSION = 4  # bump when what is stored changes (4: Adam's bracket)
 BASELINES = ("gradient_pushforward", "attribute_loss", "attribute_gradient_gram", "ggn_trace", "batch_targets")
@@ -180,7 +180,7 @@ def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, 
     before training kept every state).
     Across processes: lie_helpers.distributed, with the same per-checkpoint code.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device is not None else default_device()
     paths = run_paths(profile, run_dir)
     with run_folder.lock(paths):
         key, steps, todo = records_to_compute(paths, profile, fingerprint, adam)

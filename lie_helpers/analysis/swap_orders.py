@@ -51,7 +51,7 @@ from ..engine.numerics import cosine, loglog_fit, rms
 from ..training.config import Profile, swap_steps
 from ..training.losses import get_loss
 from ..training.mxresnet import with_stem_pool
-from ..training.train import load_training_state, prepare_inputs
+from ..training.train import default_device, load_training_state, prepare_inputs
 from .order_effects import choose_pairs
 
 LR_FACTORS = tuple(4.0 ** -k for k in range(7))     # the learning rates, as fractions of training's: 1 to 1/4096
@@ -197,14 +197,14 @@ def measure_swap_orders(model: nn.Module, state: AdamState, loss_fn, batch_a, ba
 # ----------------------------------------------------------------------------- a run
 
 def checkpoint_pairs(profile: Profile, run_dir, train_data, ambiguous, step: int, per_kind: int,
-                     pairs: int | None = None):
+                     pairs: int | None = None, device="cpu"):
     """(float64 model in train mode, its AdamState, [(pair, (batch_A, batch_B))]) at checkpoint `step`:
     the pairs of order_effects.choose_pairs (the first `pairs` of them: most ambiguous first), as float64
-    minibatches."""
+    minibatches, on `device`."""
     images, attributes = train_data
-    model, optimizer = load_training_state(run_dir, step, profile, dtype=torch.float64)
+    model, optimizer = load_training_state(run_dir, step, profile, dtype=torch.float64, device=device)
     state = AdamState.from_optimizer(model, optimizer)
-    pairs = [(pair, [(prepare_inputs(images[i], dtype=torch.float64), attributes[i].double())
+    pairs = [(pair, [(prepare_inputs(images[i], device, torch.float64), attributes[i].to(device, torch.float64))
                      for i in (pair.first, pair.second)])
              for pair in choose_pairs(profile, len(images), step, ambiguous, per_kind)[:pairs]]
     return model, state, pairs
@@ -212,7 +212,7 @@ def checkpoint_pairs(profile: Profile, run_dir, train_data, ambiguous, step: int
 
 def measure_run_orders(profile: Profile, run_dir, train_data, fixed_batch: torch.Tensor, ambiguous, *,
                        steps=None, per_kind: int = 1, pairs: int | None = None, stems=("max", "avg"),
-                       lr_factors=LR_FACTORS, progress: bool = True) -> list[SwapOrders]:
+                       lr_factors=LR_FACTORS, device=None, progress: bool = True) -> list[SwapOrders]:
     """measure_swap_orders at `steps` (default config.swap_steps), for the pairs of choose_pairs (`per_kind`
     with the most and with the fewest ambiguous faces; only the first `pairs` of them), on the trained network
     ("max") and its average-pool twin ("avg"). train_data: (uint8 images, attributes) of the training split; fixed_batch: the prepared
@@ -221,13 +221,15 @@ def measure_run_orders(profile: Profile, run_dir, train_data, fixed_batch: torch
     if not steps:
         raise ValueError(f"Profile {profile.name!r} measures no swaps (swap_checkpoints={profile.swap_checkpoints}).")
     loss_fn = get_loss(profile.loss)
-    inputs = fixed_batch.double()
+    device = default_device() if device is None else torch.device(device)
+    inputs = fixed_batch.to(device=device, dtype=torch.float64)
     lrs = [profile.lr * f for f in lr_factors]
     out = []
     count = min(2 * per_kind, pairs or 2 * per_kind)
     with tqdm(total=len(steps) * count * len(stems), desc="swap orders", disable=not progress) as bar:
         for step in steps:
-            model, state, chosen = checkpoint_pairs(profile, run_dir, train_data, ambiguous, step, per_kind, pairs)
+            model, state, chosen = checkpoint_pairs(profile, run_dir, train_data, ambiguous, step, per_kind, pairs,
+                                                    device)
             for stem in stems:
                 net = model if stem == "max" else with_stem_pool(model, stem)
                 for pair, (a, b) in chosen:

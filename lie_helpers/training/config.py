@@ -204,8 +204,10 @@ PROFILES = {
     # 4,096 at 51 checkpoints measured 31 min on 2 loaded cores (8.9 ms an image), for curves no comparison uses.
     # Notebook 05's categorical side run: 500 steps, not 5,000 (half an hour of training), because notebook 05 reads
     # its last checkpoint for an identity that holds at every step (every field of a softmax group sums to zero).
+    # Real swaps (notebook 02 §5) at one checkpoint, not four: one swap of two full-size steps in float64 took 482 s
+    # on 2 loaded cores, and the section measures each swap again across learning rates and over 100 later steps.
     "full": Profile(name="full", generated_images=202_599, image_size=64, width=1.0,
-                    steps=5000, checkpoint_every=100, eval_images=1024, side_run_steps=500, stages=("00", "01", "02", "03", "05")),
+                    steps=5000, checkpoint_every=100, eval_images=1024, side_run_steps=500, swap_checkpoints=1, stages=("00", "01", "02", "03", "05")),
     # The decisive test of the write-up's hypothesis (notebook 04 alone; `make study`): 8 seeds an arm,
     # 2000 steps, so that the model reaches the bands' posterior (lie_helpers.study).
     "study": Profile(name="study", steps=2000, checkpoint_every=500, seeds=tuple(range(8)), stages=("04",)),

@@ -120,7 +120,7 @@ def train(profile: Profile, run_dir, train_data, valid_data, *, fingerprint: str
     _check_data(profile, train_data, "train_data")
     _check_data(profile, valid_data, "valid_data")
     fingerprint = fingerprint or tensor_fingerprint(train_data, valid_data)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device is not None else default_device()
     if len(train_data[0]) < profile.batch_size:
         raise ValueError(f"train_data has {len(train_data[0])} images, fewer than one batch ({profile.batch_size}).")
 
@@ -338,15 +338,22 @@ def load_checkpoint(run_dir, step: int, profile: Profile, *, dtype=torch.float32
     return model.to(device=device, dtype=dtype).eval()
 
 
-def load_training_state(run_dir, step: int, profile: Profile, *, dtype=torch.float32):
-    """(model in train mode, its Adam optimizer) exactly as training had them after checkpoint `step`, as `dtype`.
+def default_device() -> torch.device:
+    """Where training and every analysis compute by default: the GPU when there is one (TF32 stays off in every
+    bracket), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_training_state(run_dir, step: int, profile: Profile, *, dtype=torch.float32, device="cpu"):
+    """(model in train mode, its Adam optimizer) exactly as training had them after checkpoint `step`, as `dtype`
+    on `device` (the Adam state follows its parameters there).
 
     Needs the checkpoint's Adam state (training keeps every checkpoint's).
     """
     problem = adam_state_problem(run_dir, step)
     if problem:
         raise ValueError(problem)
-    model = load_checkpoint(run_dir, step, profile, dtype=dtype).train()
+    model = load_checkpoint(run_dir, step, profile, dtype=dtype, device=device).train()
     optimizer = make_optimizer(model, profile)
     _load_optimizer(model, optimizer, _load(_verified(run_dir, step, "optimizer"), run_dir, step))
     return model, optimizer
