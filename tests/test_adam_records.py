@@ -103,3 +103,38 @@ def test_a_run_without_adam_states_is_refused_only_where_adam_s_bracket_is_asked
     with pytest.raises(ValueError, match="another analysis key"):
         analysis.load_run_brackets(PROFILE, old)
 
+
+
+def test_the_adam_view_puts_adams_bracket_where_the_readings_look():
+    """Every reading of notebook 03 runs on Adam's bracket through adam_view: step 0 (no Adam state) left out."""
+    import dataclasses
+
+    import numpy as np
+
+    from lie_helpers.analysis import first_order, rms_law, summaries
+    from lie_helpers.data.attributes import ATTRIBUTES
+    from test_baselines import synthetic_records
+
+    records = synthetic_records(1.0, outputs=40)
+    g = torch.Generator().manual_seed(2)
+    adam = dataclasses.replace(
+        records, adam_logit_perturbation=torch.cat([torch.full_like(records.logit_perturbation[:1], float("nan")),
+                                                    3 * records.logit_perturbation[1:]]),
+        adam_bracket_rms=2 * records.bracket_rms, adam_tangent_rms=records.gradient_rms.clone(),
+        adam_scales=torch.rand(len(records.steps), 2, generator=g), adam_step=torch.arange(len(records.steps))[:, None])
+    view = adam_records.adam_view(adam)
+    assert view.steps == records.steps[1:]
+    assert torch.equal(view.logit_perturbation, 3 * records.logit_perturbation[1:])
+    assert torch.equal(view.bracket_rms, 2 * records.bracket_rms[1:]) and view.adam_logit_perturbation is None
+    readings = {}
+    for name, r in (("sgd", records), ("adam", view)):
+        readings[name] = {"summary": summaries.summarise_attributes(r, ATTRIBUTES, ("Black_Hair",), top=10),
+                          "comparison": first_order.compare_with_first_order(r, ATTRIBUTES, ("Black_Hair",)),
+                          "rms": rms_law.rms_law_with_null(r, [0, len(r.steps) - 1])}
+    text = adam_records.describe_adam_readings(readings["sgd"], readings["adam"], ("Black_Hair",))
+    assert "With Adam's bracket in place of the SGD bracket" in text and "Black_Hair: median rank" in text
+    # a bracket three times the SGD one ranks the outputs the same: nothing moves
+    assert "does not change which attributes" in text
+    with pytest.raises(ValueError, match="no Adam's bracket"):
+        adam_records.adam_view(records)
+    assert np.isfinite(view.logit_perturbation.numpy()).all()

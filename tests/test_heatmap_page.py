@@ -4,6 +4,7 @@ The browser test drives Debian's Chromium (`apt-get install chromium`) with play
 downloads a browser, and skips with a message where none is installed.
 """
 import base64
+import dataclasses
 import functools
 import html
 import http.server
@@ -210,6 +211,66 @@ def test_page_in_a_real_browser(chromium, tmp_path):
         browser.close()
     assert problems == []
     assert requests == [url]
+
+
+def with_adam(records, seed=1):
+    """`records` with Adam's bracket beside the SGD one: its own values, κ per checkpoint, NaN at step 0."""
+    g = torch.Generator().manual_seed(seed)
+    adam = torch.randn(records.logit_perturbation.shape, generator=g, dtype=torch.float64) * 1e3
+    adam[0] = float("nan")
+    scales = torch.stack([torch.linspace(0.1, 0.2, len(records.steps)), torch.ones(len(records.steps))], 1)
+    scales[0] = float("nan")
+    return dataclasses.replace(records, adam_logit_perturbation=adam, adam_scales=scales.double())
+
+
+def test_adam_frames_are_embedded_beside_the_sgd_ones():
+    records = with_adam(synthetic_records())
+    data = embedded(page_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR))
+    assert data["adam"]["defined"] == [False] + [True] * (len(STEPS) - 1)
+    assert data["adam"]["kappa"][0] == 0 and data["adam"]["kappa"][1:] == pytest.approx(
+        records.adam_scales[1:, 0].tolist())
+    adam = decoded_values({**data, "values": data["adam"]["values"], "scale": data["adam"]["scale"]})
+    original = records.adam_logit_perturbation.numpy()
+    assert np.all(adam[0] == 0)
+    np.testing.assert_allclose(adam[1:], original[1:], rtol=2.0**-10, atol=2.0**-11 * np.abs(original[1:]).max())
+    assert embedded(page_figures.heatmap_page(synthetic_records(), ATTRIBUTES, lr=LR, caption=CAPTION))["adam"] is None
+
+
+def test_the_optimizer_menu_shows_adams_bracket_in_a_real_browser(chromium, tmp_path):
+    """Choosing Adam redraws its frames: the readout reads Adam's values, in logits at lr²·κ; step 0 says undefined."""
+    from playwright.sync_api import sync_playwright
+
+    records = with_adam(synthetic_records())
+    adam = records.adam_logit_perturbation.numpy()
+    path = tmp_path / "page.html"
+    path.write_text(page_figures.heatmap_page(records, ATTRIBUTES, lr=LR, caption=CAPTION, highlight=HAIR),
+                    encoding="utf-8")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        page = browser.new_page(viewport={"width": 1200, "height": 900}, device_scale_factor=1)
+        problems = []
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(path.as_uri())
+        page.wait_for_selector("#readout[data-ready]")
+        readout = lambda: page.eval_on_selector("#readout", "e => ({...e.dataset})")  # noqa: E731
+        sgd = page.eval_on_selector("#heatmap", "c => c.toDataURL()")
+        page.select_option("#kind", "1")
+        state, last = readout(), len(STEPS) - 1
+        assert state["kind"] == "adam" and int(state["checkpoint"]) == last
+        r, k = np.unravel_index(np.abs(adam[last, 0]).argmax(), adam[last, 0].shape)
+        assert (int(state["row"]), int(state["column"])) == (r, k)
+        assert float(state["value"]) == pytest.approx(adam[last, 0, r, k], rel=2.0**-10)
+        kappa = float(records.adam_scales[last, 0])
+        assert float(state["logits"]) == pytest.approx(LR**2 * kappa * float(state["value"]), rel=1e-9)
+        assert "Adam's bracket" in page.inner_text("#frame-title")
+        assert page.eval_on_selector("#heatmap", "c => c.toDataURL()") != sgd
+        page.focus("#checkpoint")
+        page.keyboard.press("Home")
+        assert "undefined here" in page.inner_text("#frame-title")
+        page.select_option("#kind", "0")
+        assert readout()["kind"] == "sgd" and "undefined" not in page.inner_text("#frame-title")
+        browser.close()
+    assert problems == []
 
 
 def test_screenshot_is_a_png_of_the_whole_page(chromium, tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from ..engine.adam import AdamState, adam_bracket_matrix
@@ -94,3 +95,54 @@ def adam_record(matrix: BracketMatrix | None, state: AdamState, sgd_record: dict
             "adam_logit_perturbation": torch.stack([matrix.brackets[p][1] for p in matrix.pairs]),
             "adam_scales": torch.tensor([scales["immediate"], scales["drained"]]),
             "adam_step": torch.tensor([state.step])}
+
+
+# ----------------------------------------------------------------------------- the write-up's readings, with Adam's bracket
+
+def adam_view(records):
+    """The records with Adam's bracket in the SGD bracket's place, at the checkpoints where it is defined (not
+    step 0): `logit_perturbation` its pushforward, `bracket_rms` its per-tensor RMS and `gradient_rms` the RMS of
+    its tangents w_i (𝔅 = P(H_j w_i − H_i w_j) pairs them as [v_i, v_j] pairs the gradients), so every reading
+    of notebook 03 (RMS law, attributes, J·g) runs on it unchanged."""
+    if records.adam_logit_perturbation is None:
+        raise ValueError("These records hold no Adam's bracket: rerun the bracket analysis (notebook 02) with adam=True.")
+    keep = [c for c in range(len(records.steps)) if bool(torch.isfinite(records.adam_logit_perturbation[c]).all())]
+    if not keep:
+        raise ValueError("Adam's bracket is defined at no checkpoint of these records (only step 0?).")
+    pick = lambda t: None if t is None else t[keep]   # noqa: E731
+    return replace(records, steps=[records.steps[c] for c in keep], bracket_rms=records.adam_bracket_rms[keep],
+                   gradient_rms=records.adam_tangent_rms[keep], logit_perturbation=records.adam_logit_perturbation[keep],
+                   batch_logits=pick(records.batch_logits), seconds=[records.seconds[c] for c in keep],
+                   gradient_pushforward=pick(records.gradient_pushforward), attribute_loss=pick(records.attribute_loss),
+                   attribute_gradient_gram=pick(records.attribute_gradient_gram), ggn_trace=pick(records.ggn_trace),
+                   batch_targets=pick(records.batch_targets), adam_bracket_rms=None, adam_tangent_rms=None,
+                   adam_logit_perturbation=None, adam_scales=pick(records.adam_scales), adam_step=pick(records.adam_step))
+
+
+def describe_adam_readings(sgd: dict, adam: dict, names) -> str:
+    """What changes when the write-up's readings take Adam's bracket instead of the SGD bracket. Each of `sgd`
+    and `adam` holds "summary" (summaries.AttributeSummary), "comparison" (first_order.FirstOrderComparison)
+    and "rms" ({step: rms_law.RmsNull}); words generated from the numbers."""
+    def rho(c):
+        return float(np.median(c["comparison"].rho["J·g (first order)"]))
+
+    def within(c):
+        slopes = [f.within.slope for f in c["rms"].values()]
+        return f"{min(slopes):.2f}–{max(slopes):.2f}"
+
+    parts = [f"With Adam's bracket in place of the SGD bracket, the RMS law's within-tensor slope is {within(adam)} "
+             f"(SGD bracket: {within(sgd)}), and the bracket's magnitudes over the {adam['summary'].magnitude.shape[1]} "
+             f"outputs follow J·g with median Spearman ρ {rho(adam):+.2f} (SGD bracket: {rho(sgd):+.2f})."]
+    for k, name in enumerate(names):
+        a_rank, s_rank = adam["summary"].median_rank[name], sgd["summary"].median_rank[name]
+        a_res = int(np.median(adam["comparison"].residual_rank[:, k]))
+        s_res = int(np.median(sgd["comparison"].residual_rank[:, k]))
+        parts.append(f"{name}: median rank {a_rank:g} by Adam's bracket (SGD bracket {s_rank:g}), {a_res} by its residual "
+                     f"over J·g (SGD bracket {s_res}), {adam['summary'].median_ratio[name]:.1f}× the median output "
+                     f"(SGD bracket {sgd['summary'].median_ratio[name]:.1f}×).")
+    moved = [name for k, name in enumerate(names)
+             if abs(adam["summary"].median_rank[name] - sgd["summary"].median_rank[name]) > 5]
+    parts.append("So the preconditioner reorders the attributes: " + ", ".join(moved) + " move by more than five ranks."
+                 if moved else "So the preconditioner does not change which attributes the bracket perturbs most: the "
+                 "hair colours' ranks move by five or fewer.")
+    return " ".join(parts)

@@ -43,11 +43,30 @@ def encode_frames(values) -> tuple[str, list]:
     return base64.b64encode(halves.tobytes()).decode("ascii"), scale.ravel().tolist()
 
 
+def adam_frames(records, percentile: float) -> dict | None:
+    """Adam's bracket's frames for the page's menu (None without them): values per unit lr² like the SGD
+    bracket's, κ per checkpoint (the order effect right after two Adam steps is lr²·κ·𝔅, analysis.adam_records)
+    and which checkpoints have it at all (none at step 0, where Adam has no state)."""
+    if getattr(records, "adam_logit_perturbation", None) is None:
+        return None
+    values = records.adam_logit_perturbation.double().numpy()
+    defined = np.isfinite(values).all(axis=(1, 2, 3))
+    values = np.where(np.isfinite(values), values, 0.0)
+    encoded, scale = encode_frames(values)
+    n_checkpoints, n_pairs = values.shape[:2]
+    kappa = records.adam_scales.double().numpy()[:, 0]
+    return {"values": encoded, "scale": scale, "defined": defined.tolist(),
+            "kappa": [float(k) if np.isfinite(k) else 0.0 for k in kappa],
+            "frame_limit": [[color_limit(values[c, p], percentile) for p in range(n_pairs)] for c in range(n_checkpoints)],
+            "fixed_limit": [color_limit(values[defined, p], percentile) if defined.any() else 1.0 for p in range(n_pairs)]}
+
+
 def heatmap_page(records, output_names, *, lr: float, caption: str, highlight=("Black_Hair", "Brown_Hair"),
                  pair: int = 0, percentile: float = 99.0, row_notes=None) -> str:
     """One self-contained HTML page of the logit-perturbation heatmaps: every checkpoint and pair.
 
-    A checkpoint slider (opening at the last one), a pair menu, a colour scale fixed over the pair's
+    A checkpoint slider (opening at the last one), a pair menu, a menu of the bracket (plain SGD's, and Adam's
+    where the records hold it: analysis.adam_records), a colour scale fixed over the pair's
     checkpoints or set per frame (both at `percentile` of |value|), the pair's own examples' rows and
     the `highlight` columns boxed, a readout in logits per unit lr² and in logits at `lr` (the run's
     learning rate), an explanation and the data `caption`. Everything is inline (data as base64
@@ -80,6 +99,7 @@ def heatmap_page(records, output_names, *, lr: float, caption: str, highlight=("
         "frame_limit": [[color_limit(values[c, p], percentile) for p in range(n_pairs)] for c in range(n_checkpoints)],
         "fixed_limit": [color_limit(values[:, p], percentile) for p in range(n_pairs)],
         "colormap": ["#%02x%02x%02x" % tuple(rgb) for rgb in lut],
+        "adam": adam_frames(records, percentile),
     }
     text = {"@TITLE@": "Brackets pushed onto the logits of a fixed batch", "@CAPTION@": caption,
             "@LR@": f"{lr:g}", "@LR2@": f"{lr * lr:.3g}", "@PCT@": f"{percentile:g}", "@ROWS@": str(n_rows),
