@@ -87,7 +87,7 @@ def dose_control(model, base_loss, strata: dict, batch, source: str, weights=DOS
         batch_logits = model(batch).detach()
     n_outputs, loss = batch_logits.shape[1], base_loss.name
     grouped = sources.SourceGroups(base_loss, n_outputs)
-    old = [ATTRIBUTES.index(a) for a in OLD_READOUT_ATTRIBUTES[source]]
+    old = [ATTRIBUTES.index(a) for a in OLD_READOUT_ATTRIBUTES.get(source, sources.SOURCE_GROUPS[source])]
     values = {name: [] for name in DOSE_EXPECTED}
     for w in weights:
         dosed = controls.WeightedLoss(grouped, {source: w}, n_outputs)
