@@ -4,7 +4,7 @@
 #                       into runs/check and its results checked against tests/result_checks.toml
 # Others:
 #   make setup          only create/refresh .venv (pinned by constraints.txt)
-#   make study          the decisive test (notebook 04, ~45 min on 2 cores; resumes)
+#   make study          the decisive test (notebook 04, ~50 min on 2 cores; resumes)
 #   make run PROFILE=full ARGS="--force"     any profile, any chain option (see --help)
 #   make bench          the benchmarks
 #   make gpu-check      the GPU check: runs/gpu-check/gpu_check.{json,md} (tiny on the CPU without CUDA)

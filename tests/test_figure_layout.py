@@ -32,7 +32,9 @@ from lie_helpers.engine.brackets import lie_bracket  # noqa: E402
 from lie_helpers.analysis.persistence import Persistence  # noqa: E402
 from lie_helpers.analysis.swap_orders import LOGIT_RESIDUALS, PARAM_RESIDUALS, SwapOrders  # noqa: E402
 from lie_helpers.figures import adam, brackets, heatmaps, study, style, symmetry, theory, training  # noqa: E402
-from lie_helpers.study.contrasts import CONTRASTS, DETECTION  # noqa: E402
+from lie_helpers.study.contrasts import CONTRASTS, PAIRED, RunShares  # noqa: E402
+from lie_helpers.study.known_answers import DOSE_EXPECTED  # noqa: E402
+from lie_helpers.study.sources import SOURCES  # noqa: E402
 from lie_helpers.study.design import study_arms  # noqa: E402
 from lie_helpers.training.config import get_profile  # noqa: E402
 from test_baselines import synthetic_records as baseline_records  # noqa: E402
@@ -206,18 +208,39 @@ def attribute_perturbation():
     return brackets.plot_attribute_perturbation(summary, ATTRIBUTES, lr=LR)
 
 
-def run_profiles(arms, seeds=8):
-    return {arm: [SimpleNamespace(pooled=RNG.normal(0, 0.2, 40), first_order=RNG.normal(0, 0.2, 40))
-                  for _ in range(seeds)] for arm in arms}
+def run_shares(arms, seeds=8):
+    def share():
+        return {k: float(RNG.normal(0, 0.3)) for k in SOURCES[:-1]}
+    return {arm: [RunShares(arm, k, share(), share(), share(), 0.1, 0.3) for k in range(seeds)] for arm in arms}
 
 
 def contrasts():
-    def row(mean, p):
-        return {"mean": mean, "low": mean - 0.08, "high": mean + 0.08, "p_holm": p}
-    names = [*CONTRASTS, DETECTION]
-    table = {name: row(m, p) for name, m, p in zip(names, (0.0, 0.09, 0.26, 0.0, -0.007), (1, 0.039, 0.062, 1, 0.094))}
-    table[DETECTION].update(low=-0.01, high=-0.003)
-    return study.plot_contrasts(table, {name: row(table[name]["mean"] + 0.03, 0.04) for name in CONTRASTS})
+    def row(mean, p, level=0.99, half=0.2):
+        return {"mean": mean, "low": mean - half, "high": mean + half, "p_holm": p, "level": level}
+    q = {name: row(m, p) for name, m, p in zip(CONTRASTS, (0.0, 0.09, 0.6, -0.1, 0.3), (1, 0.039, 0.062, 1, 0.04))}
+    q[list(CONTRASTS)[0]].update(low=-np.inf, high=np.inf)
+    first = {name: row(q[name]["mean"] / 2, 0.5, 0.9875) for name in PAIRED}
+    paired = {name: row(q[name]["mean"] - 0.1, 0.2, 0.9875) for name in PAIRED}
+    return study.plot_contrasts({"Q": q, "Q^g": first, "against J·g": paired})
+
+
+def dose_record():
+    weights = [1.0, 2.0, 4.0, 8.0]
+    def dose():
+        readouts = {}
+        for name, (expected, _) in DOSE_EXPECTED.items():
+            slope = expected if not name.startswith("old") else RNG.normal(0, 0.2)
+            readouts[name] = {"values": list(slope * np.log10(weights) + RNG.normal(0, 0.3)), "slope": slope,
+                              "expected": expected}
+        return {"weights": weights, "readouts": readouts}
+    return {"dose": {"HAIR": dose(), "Smiling": dose()}}
+
+
+TRAINING_DOSE = {"arms": ["independent, no bands", "independent, bands / 3", "independent"], "bands": [0.0, 0.1, 0.3],
+                 "seeds": [0, 1, 2, 3], "per_seed": {"independent, no bands": [0.05, 0.06, 0.04, 0.05],
+                                                     "independent, bands / 3": [0.2, 0.18, 0.22, 0.21],
+                                                     "independent": [0.42, 0.45, 0.41, 0.44]},
+                 "means": [0.05, 0.2, 0.43]}
 
 
 def growth(eps):
@@ -289,9 +312,11 @@ FIGURES = {
     "heatmaps.plot_logit_heatmaps": lambda: heatmaps.plot_logit_heatmaps(
         full_size_records(), 0, [0, 6, 13, 20], ATTRIBUTES, lr=LR, highlight=HAIR),
     # notebook 04
-    "study.plot_arm_profiles": lambda: study.plot_arm_profiles(run_profiles(study.MAIN_ARMS)),
+    "study.plot_dose_control": lambda: study.plot_dose_control(dose_record()),
+    "study.plot_source_shares": lambda: study.plot_source_shares(run_shares(study.MAIN_ARMS)),
     "study.plot_contrasts": contrasts,
-    "study.plot_dial": lambda: study.plot_dial(get_profile("study"), run_profiles(a.name for a in study_arms(get_profile("study")))),
+    "study.plot_training_dose": lambda: study.plot_training_dose(TRAINING_DOSE),
+    "study.plot_dial": lambda: study.plot_dial(get_profile("study"), run_shares(a.name for a in study_arms(get_profile("study")))),
     # notebook 05
     "symmetry.plot_batchnorm_scale_symmetry": lambda: symmetry.plot_batchnorm_scale_symmetry(
         {eps: 10 ** RNG.uniform(-2, 0, (3, 22)) * eps for eps in (1e-3, 1e-5, 1e-7, 1e-9, 1e-11, 1e-13)},

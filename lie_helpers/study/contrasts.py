@@ -1,167 +1,155 @@
-"""What the study's runs show: each run's profile over the attributes, and the pre-registered contrasts.
+"""The study's pre-registered contrasts on the primary readout (the source self-shares of lie_helpers.study.sources).
 
-A run's profile is its log10 magnitude of each attribute's change minus the median attribute's,
-averaged over late checkpoints and example sets, on the Fisher scale (analysis.currency); the seed is
-the unit. The contrasts C1–C5 are fixed in CONTRASTS before any result.
+Written before any result of this version (issue 19); the seed is the unit, each run's value is its share at the
+last checkpoint, averaged over the two pre-registered strata:
+
+    C1  exclusive makeup − independent, on Q_MAKEUP        (c) − (a): a contrast, not a control. (c)'s loss cannot
+                                                           represent faces with both makeup and lipstick, but it
+                                                           fits their soft target exactly, where its gradient
+                                                           vanishes: nothing fixes the sign in advance (DESIGN §6)
+    C2  bands − no bands, on Q_HAIR                        ambiguity with exclusivity (arm (a) against the dial at 0)
+    C3  bands − no bands, on Q_GLASSES                     ambiguity without exclusivity
+    C4  independent − categorical matched, on Q_HAIR       (a) − (b): the write-up's hypothesis predicts > 0
+    C5  Q_HAIR − 2·Q^g_HAIR within (a), against 0          does the hair source create more bracket than its
+                                                           gradient share predicts? (replaces the ceiling AUROC)
+
+Why 2·Q^g: a source's self part is bilinear in its gradients, so the dose moves Q by 2·log10 w and Q^g by
+log10 w (controls: lie_helpers.study.known_answers). A source whose bracket grows only because its gradients do
+keeps Q − 2·Q^g fixed; Q − Q^g would move by log10 w under a pure change of gradient scale and so could not
+separate "more bracket" from "more gradient". The same factor pairs every contrast against J·g: per seed,
+(contrast on Q) − 2·(contrast on Q^g), one sign-flip test of that difference (stats.against_first_order).
+
+Currency: Fisher (analysis.currency, scale "fisher"), pre-registered because it reads every loss's outputs as the
+same quantity, the change of the Bernoulli marginal "attribute present" in units of its own information
+(≈ √(2 KL)), whatever the loss's outputs (sigmoid or softmax member); log-odds is shown as the sensitivity check
+(it weighs confident outputs' changes as heavily as uncertain ones').
+
+Tests: exact paired sign-flip tests, Holm over each family (C1–C5 on Q; C1–C4 on Q^g; C1–C4 paired against J·g);
+intervals invert the same sign-flip test at Holm-consistent levels (stats.sign_flip_contrasts), so an interval
+excludes 0 exactly when Holm rejects. They cover the centre of symmetry of the seeds' differences, a median-like
+location (pseudo-median), not the mean of a skewed distribution (coverage on non-Gaussian data:
+tests/test_stats_intervals.py). With 8 seeds the smallest two-sided p is 1/128, so Holm's first level α/5 = 0.01
+can be reached and the 99% interval exists. Power (`detectable`): the smallest shift of the seeds' differences
+that the test at Holm's first level α/m would reject, given their spread: the distance from their mean to an end
+of their sign-flip interval at that level (the test is shift-equivariant).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from . import design, example_sets, stats
-from .design import GLASSES, MANIPULATED, Arm, arm_profile, arm_run_dir, late_steps, study_sets
-from .records import first_order_path, record_key, record_path
-from ..analysis.currency import (CORRELATED_CONTROLS, HAIR_PAIR, attribute_magnitudes, attribute_mask,
-                                 attribute_perturbations)
-from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
-from ..training.datasets import load_profile_split, prepare_data
-from ..data import storage
+from . import design, stats
+from .design import Arm, arm_profile, arm_run_dir, study_sets
+from .source_records import load_source_record
+from .sources import GLASSES, HAIR, MAKEUP, SOURCE_STRATA, SOURCES, dominant_share, leave_one_out, shares
 from ..training.config import Profile
-from ..training.losses import get_loss, gradient_share
-from ..training.train import load_checkpoint
 
 SCALE = "fisher"
+ALPHA = 0.05
+
+CONTRASTS = {     # name -> (arm, arm or None, source); C5 reads Q − 2·Q^g of its one arm
+    "C1 makeup loss: (c) − (a) on Q_MAKEUP": ("exclusive makeup", "independent", MAKEUP),
+    "C2 hair band: bands − no bands on Q_HAIR": ("independent", "independent, no bands", HAIR),
+    "C3 glasses band: bands − no bands on Q_GLASSES": ("independent", "independent, no bands", GLASSES),
+    "C4 exclusivity: (a) − (b matched) on Q_HAIR": ("independent", "categorical, matched", HAIR),
+    "C5 beyond the gradient: Q_HAIR − 2·Q^g_HAIR in (a)": ("independent", None, HAIR),
+}
+PAIRED = [name for name, (_, b, _) in CONTRASTS.items() if b is not None]      # C1–C4: also on Q^g and against J·g
+PREDICTED = {"C4 exclusivity: (a) − (b matched) on Q_HAIR": +1}            # the write-up's hypothesis
 
 
 @dataclass
-class RunProfile:
-    """One run's relative log10 magnitudes [40] (minus the median attribute), averaged over late
-    checkpoints and example sets: per stratum of bracket examples and pooled over strata."""
+class RunShares:
+    """One run's shares at its last checkpoint, the mean over the pre-registered strata: Q (self parts), Q^g (J·g),
+    the source parts' analogue (reported), and Q_HAIR with its dominant example left out (robustness)."""
     arm: str
     seed: int
-    by_stratum: dict         # stratum -> [40]
-    pooled: np.ndarray       # [40]
-    first_order: np.ndarray   # the same for J·g of the same examples and batch, pooled
+    self: dict                 # source -> Q
+    first_order: dict          # source -> Q^g
+    source_part: dict          # source -> the same share of S_k (reported)
+    hair_leave_one_out: float
+    hair_dominant_share: float  # share of Σ_pairs M(J·D_HAIR) carried by its dominant example's pairs
+    by_stratum: dict = field(default_factory=dict)   # stratum -> {"self": {...}, "first_order": {...}}
 
 
-def _relative(log_magnitude: torch.Tensor) -> np.ndarray:
-    m = log_magnitude.numpy()
-    return m - np.median(m, axis=-1, keepdims=True)
+def run_shares(profile: Profile, run_dir, arm: Arm, seed: int, sets, scale: str = SCALE) -> RunShares:
+    """The run's RunShares on `scale` from its source record (verified under its key; `sets`: that seed's sets)."""
+    settings = arm_profile(profile, arm, seed)
+    record = load_source_record(settings, arm_run_dir(run_dir, arm, seed), sets)
+    by = {}
+    for stratum in SOURCE_STRATA:
+        r = record[stratum]
+        by[stratum] = {"self": shares(r[f"{scale}|self"]), "first_order": shares(r[f"{scale}|first_order"]),
+                       "source_part": shares(r[f"{scale}|source"]),
+                       "hair_leave_one_out": leave_one_out(r[f"{scale}|self"], r["pairs"], HAIR),
+                       "hair_dominant_share": dominant_share(r[f"{scale}|self"], r["pairs"], SOURCES.index(HAIR))}
+
+    def mean(part):
+        return {k: float(np.mean([by[s][part][k] for s in SOURCE_STRATA])) for k in by[SOURCE_STRATA[0]][part]}
+    return RunShares(arm.name, seed, mean("self"), mean("first_order"), mean("source_part"),
+                     float(np.mean([by[s]["hair_leave_one_out"] for s in SOURCE_STRATA])),
+                     float(np.mean([by[s]["hair_dominant_share"] for s in SOURCE_STRATA])), by)
 
 
-def run_profile(profile: Profile, run_dir, arm: Arm, seed: int, sets, scale: str = SCALE) -> RunProfile:
-    """The run's profile (RunProfile) on `scale` (currency.PERTURBATION_SCALES; Fisher is primary), from records
-    that verify under the current key (`sets`: that seed's example sets, study_sets)."""
-    arm_settings = arm_profile(profile, arm, seed)
-    arm_dir = arm_run_dir(run_dir, arm, seed)
-    per, first = {}, []
-    for step in late_steps(arm_settings):
-        key = record_key(arm_settings, arm_dir, step, sets)
-        records = []
-        for path in (record_path(arm_dir, step), first_order_path(arm_dir, step)):
-            if not (path.exists() and storage.read_metadata(path).get("key") == key):
-                raise ValueError(f"{path} is missing or was made for other examples or weights: run the study "
-                                 "(`make study`, or records.train_study_runs), which recomputes it.")
-            records.append(storage.load_tensors(path))
-        record, first_order = records
-        for name, d_logits in record.items():
-            if not name.endswith("|logit_perturbation"):
-                continue
-            number, stratum, _ = name.split("|")
-            logits = record[f"{number}|batch_logits"][None]
-            perturbation = attribute_perturbations(arm_settings.loss, d_logits, logits, scale)
-            per.setdefault(stratum, []).append(_relative(attribute_magnitudes(perturbation[None])[0].log10()))
-            jg = attribute_perturbations(arm_settings.loss, first_order[f"{number}|{stratum}|gradient_pushforward"],
-                                         logits, scale)
-            first.append(_relative(attribute_magnitudes(jg[None])[0].log10()))
-    by_stratum = {k: np.mean(v, axis=0) for k, v in per.items()}
-    return RunProfile(arm.name, seed, by_stratum, np.mean(list(by_stratum.values()), axis=0), np.mean(first, axis=0))
-
-
-def study_profiles(profile: Profile, run_dir, scale: str = SCALE, sets=None) -> dict[str, list[RunProfile]]:
-    """Arm name -> its runs' profiles on `scale`, in seed order (`sets`: study_sets' first value, else drawn)."""
+def study_shares(profile: Profile, run_dir, scale: str = SCALE, sets=None) -> dict[str, list[RunShares]]:
+    """Arm name -> its runs' RunShares on `scale`, in seed order (`sets`: study_sets' first value, else drawn)."""
     sets = sets if sets is not None else study_sets(profile)[0]
-    return {arm.name: [run_profile(profile, run_dir, arm, seed, sets[seed], scale) for seed in arm.seeds]
+    return {arm.name: [run_shares(profile, run_dir, arm, seed, sets[seed], scale) for seed in arm.seeds]
             for arm in design.study_arms(profile)}
 
 
-def attribute_means(profiles: list[RunProfile], names, stratum: str | None = None, first_order: bool = False) -> np.ndarray:
-    """[seeds]: each run's mean relative magnitude over the attributes `names`."""
-    mask = attribute_mask(names)
-    rows = [p.first_order if first_order else (p.pooled if stratum is None else p.by_stratum[stratum])
-            for p in profiles]
-    return np.array([row[mask].mean() for row in rows])
-
-CONTRASTS = {
-    "C1 positive control: (c) − (a) on Heavy_Makeup & Wearing_Lipstick":
-        ("exclusive makeup", "independent", CORRELATED_CONTROLS),
-    "C2 ambiguity, exclusive: bands − no bands on Black & Brown hair":
-        ("independent", "independent, no bands", HAIR_PAIR),
-    "C3 ambiguity, not exclusive: bands − no bands on Eyeglasses":
-        ("independent", "independent, no bands", GLASSES),
-    "C4 exclusivity: (a) − (b matched) on Black & Brown hair":
-        ("independent", "categorical, matched", HAIR_PAIR),
-}
-
-DETECTION = "C5 brackets − J·g: detection AUROC of the manipulated attributes within (a)"
+def values(runs: list[RunShares], source: str, what: str = "Q") -> np.ndarray:
+    """[seeds] of Q ("Q"), Q^g ("Q^g"), Q − 2·Q^g ("C5"), Q with the dominant example left out ("Q, leave one
+    out"; HAIR only) or the source parts' share ("S")."""
+    pick = {"Q": lambda r: r.self[source], "Q^g": lambda r: r.first_order[source],
+            "C5": lambda r: r.self[source] - 2 * r.first_order[source], "S": lambda r: r.source_part[source],
+            "Q, leave one out": lambda r: r.hair_leave_one_out if source == HAIR else np.nan}[what]
+    return np.array([pick(r) for r in runs], float)
 
 
-def eligible_attributes(attributes: torch.Tensor, low: float = 0.01) -> np.ndarray:
-    """Attributes whose test-split prevalence is in [low, 1 − low]: an output that is never (or always) on has
-    no signal to rank, so it is left out of every AUROC (fixed before the results)."""
-    prevalence = attributes.double().mean(0).numpy()
-    return (prevalence >= low) & (prevalence <= 1 - low)
-
-
-def detection_aurocs(profiles: list[RunProfile], eligible: np.ndarray, first_order: bool = False) -> np.ndarray:
-    """[seeds]: AUROC of each run's relative magnitude for the manipulated attributes among the eligible ones."""
-    positive = attribute_mask(MANIPULATED)
-    rows = np.stack([p.first_order if first_order else p.pooled for p in profiles])
-    return stats.auroc(rows[:, eligible], positive[eligible])
-
-
-def _paired(profiles: dict, a: str, b: str) -> None:
-    seeds_a, seeds_b = [p.seed for p in profiles[a]], [p.seed for p in profiles[b]]
+def _paired(shares_by_arm: dict, a: str, b: str) -> None:
+    seeds_a, seeds_b = [r.seed for r in shares_by_arm[a]], [r.seed for r in shares_by_arm[b]]
     if seeds_a != seeds_b:
         raise ValueError(f"Arms {a!r} and {b!r} have other seeds ({seeds_a} and {seeds_b}): a paired test needs the same.")
 
 
-def contrast_table(profiles: dict, eligible: np.ndarray, first_order: bool = False) -> dict:
-    """The family C1–C5, paired by seed: mean, 95% t interval, exact sign-flip p and Holm-adjusted p.
-    first_order: C1–C4 on J·g of the same examples instead of brackets (C5 compares the two already)."""
-    missing = [a for a in MANIPULATED if not eligible[ATTRIBUTES.index(a)]]
-    if missing:
-        raise ValueError(f"The manipulated attribute(s) {missing} are not eligible (prevalence outside [1%, 99%]): "
-                         "the detection AUROC would silently leave them out.")
-    family = {}
-    for name, (a, b, names) in CONTRASTS.items():
-        _paired(profiles, a, b)
-        family[name] = (attribute_means(profiles[a], names, first_order=first_order),
-                        attribute_means(profiles[b], names, first_order=first_order))
-    family[DETECTION] = (detection_aurocs(profiles["independent"], eligible),
-                         detection_aurocs(profiles["independent"], eligible, first_order=True))
-    return stats.contrasts(family)
+def family(shares_by_arm: dict, what: str = "Q", names=None) -> dict:
+    """name -> (a, b) per seed for stats.sign_flip_contrasts: C1–C4 on `what` ("Q", "Q^g", "2Q^g",
+    "Q, leave one out"), C5 on Q − 2·Q^g (only when what is "Q")."""
+    out = {}
+    for name in names or CONTRASTS:
+        a, b, source = CONTRASTS[name]
+        if b is None:
+            if what == "Q":
+                out[name] = (values(shares_by_arm[a], source, "C5"), None)
+            continue
+        _paired(shares_by_arm, a, b)
+        scale, read = (2.0, "Q^g") if what == "2Q^g" else (1.0, what)
+        out[name] = (scale * values(shares_by_arm[a], source, read), scale * values(shares_by_arm[b], source, read))
+    return out
 
 
-def hair_gradient_shares(profile: Profile, run_dir, arm: Arm, sets, test) -> np.ndarray:
-    """[seeds]: the hair outputs' share of the logit gradient (losses.gradient_share) on the runs' pushforward
-    batches at the late checkpoints: how well (b)'s hair weight matches (a)'s in the regime the brackets see."""
-    shares = []
-    for seed in arm.seeds:
-        arm_settings = arm_profile(profile, arm, seed)
-        loss_fn = get_loss(arm_settings.loss)
-        values = []
-        for step in late_steps(arm_settings):
-            record = storage.load_tensors(record_path(arm_run_dir(run_dir, arm, seed), step))
-            for s in sets[seed]:
-                targets = test.attributes[torch.as_tensor(s.pushforward)]
-                values.append(gradient_share(loss_fn, record[f"{s.number}|batch_logits"], targets, HAIR_COLOURS))
-        shares.append(np.mean(values))
-    return np.array(shares)
+def _differences(fam: dict) -> dict:
+    return {name: stats.seed_means(a) - (0 if b is None else stats.seed_means(b)) for name, (a, b) in fam.items()}
 
 
-def detection_null(profiles: list[RunProfile], eligible: np.ndarray, first_order: bool = False) -> dict:
-    """The seeds' mean profile's detection AUROC against its permutation null over the eligible attributes."""
-    rows = np.stack([p.first_order if first_order else p.pooled for p in profiles]).mean(0)
-    return stats.auroc_null(rows[eligible], attribute_mask(MANIPULATED)[eligible])
+def contrast_tables(shares_by_arm: dict, alpha: float = ALPHA) -> dict:
+    """The three pre-registered families: "Q" (C1–C5), "Q^g" (C1–C4) and "against J·g" (C1–C4: per seed, contrast
+    on Q − 2·contrast on Q^g, stats.against_first_order); each row {mean, low, high, level, p, p_holm} and
+    `detectable`, the smallest shift the test at Holm's first level α/m could detect with these seeds' spread."""
+    on_q, on_g = family(shares_by_arm, "Q"), family(shares_by_arm, "Q^g")
+    bracket, doubled = family(shares_by_arm, "Q", PAIRED), family(shares_by_arm, "2Q^g", PAIRED)
+    tables = {"Q": stats.sign_flip_contrasts(on_q, 1 - alpha), "Q^g": stats.sign_flip_contrasts(on_g, 1 - alpha),
+              "against J·g": stats.against_first_order(bracket, doubled, 1 - alpha)}
+    against = {name: d - _differences(doubled)[name] for name, d in _differences(bracket).items()}
+    for key, diffs in (("Q", _differences(on_q)), ("Q^g", _differences(on_g)), ("against J·g", against)):
+        for name, d in diffs.items():
+            tables[key][name]["detectable"] = stats.detectable_shift(d, 1 - alpha / len(diffs))
+    return tables
 
 
-def arm_posterior_fit(profile: Profile, run_dir, arm: Arm, seed: int) -> dict:
-    """How close the run's last checkpoint comes to the bands' posterior 0.5 (example_sets.model_posterior_fit)."""
-    arm_settings = arm_profile(profile, arm, seed)
-    test = load_profile_split(arm_settings, "test", progress=False)
-    model = load_checkpoint(arm_run_dir(run_dir, arm, seed), arm_settings.steps, arm_settings)
-    return example_sets.model_posterior_fit(model, get_loss(arm_settings.loss), test, prepare_data(arm_settings, progress=False))
+def robustness_table(shares_by_arm: dict, alpha: float = ALPHA) -> dict:
+    """C2 and C4 on Q_HAIR with each stratum's dominant example left out (reported; its own Holm family of two)."""
+    names = [n for n in PAIRED if CONTRASTS[n][2] == HAIR]
+    return stats.sign_flip_contrasts(family(shares_by_arm, "Q, leave one out", names), 1 - alpha)

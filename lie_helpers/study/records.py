@@ -1,4 +1,6 @@
-"""The study's records: each run's bracket pushforwards and J·g at its late checkpoints, made once and checked.
+"""The study's records: each run's bracket pushforwards and J·g at its last checkpoint (the old readout, reported
+only), its source record (the primary readout, lie_helpers.study.source_records), and for the control run the
+known-answer controls (lie_helpers.study.known_answers); made once and checked.
 
 A record's key names what it depends on (the run, the checkpoint's weights, the example sets);
 a record whose key differs is recomputed, never read.
@@ -10,7 +12,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .design import arm_profile, arm_run_dir, late_steps, study_runs, study_sets
+from . import known_answers, source_records
+from .design import arm_profile, arm_run_dir, control_run, record_steps, study_runs, study_sets
 from .runs import SideRun, train_runs
 from ..analysis.first_order import gradient_pushforward
 from ..analysis.records import analyse_checkpoint, fixed_inputs
@@ -41,11 +44,11 @@ def first_order_path(run_dir, step: int) -> Path:
 
 
 def analyse_study_run(profile: Profile, run_dir, sets, test) -> None:
-    """Store, at each late checkpoint, every set's and stratum's bracket pushforwards and, beside them, what one
-    gradient step predicts for the same examples and batch (J·g, any loss), unless records made under the
-    same key (run, checkpoint, examples) exist."""
+    """Store, at the last checkpoint (design.record_steps), every set's and stratum's bracket pushforwards and, beside
+    them, what one gradient step predicts for the same examples and batch (J·g, any loss), unless records made
+    under the same key (run, checkpoint, examples) exist."""
     loss_fn = get_loss(profile.loss)
-    for step in late_steps(profile):
+    for step in record_steps(profile):
         key = record_key(profile, run_dir, step, sets)
         paths = {"brackets": record_path(run_dir, step), "first_order": first_order_path(run_dir, step)}
         todo = [k for k, path in paths.items() if not (path.exists() and storage.read_metadata(path).get("key") == key)]
@@ -86,6 +89,9 @@ def train_study_runs(profile: Profile, run_dir, *, shard=(0, 1), progress: bool 
 
     def analyse(run: SideRun, splits: dict, progress: bool) -> None:
         analyse_study_run(run.profile, run.run_dir, sets[run.seed], splits["test"])
+        source_records.analyse_sources(run.profile, run.run_dir, sets[run.seed], splits["test"])
+        if (run.name, run.seed) == control_run(profile):
+            known_answers.control_record(profile, run_dir, sets[run.seed], splits["test"])
 
     return train_runs(tqdm(runs, desc="study runs", disable=not progress), analyse, check=same_test_images,
                       progress=False)

@@ -10,7 +10,11 @@ repeated measurements of it, so they are averaged within the run first (`seed_me
   `interval_coverage` checks (the bootstrap covers too little with a handful of seeds);
 * `bootstrap_interval`: scipy's BCa bootstrap over seeds, percentile where BCa is undefined;
 * `auroc`, `auroc_null`: a detection AUROC and its permutation null over which attributes are positive;
-* `contrasts`: a family of pre-registered paired contrasts: mean, t interval, sign-flip p, Holm p.
+* `contrasts`: a family of pre-registered paired contrasts: mean, t interval, sign-flip p, Holm p (the first
+  version's; the study now uses the intervals below);
+* `sign_flip_p`, `sign_flip_interval`, `holm_levels`, `sign_flip_contrasts`, `against_first_order`: intervals that
+  invert the sign-flip test at Holm-consistent levels, and contrasts paired against J·g; `detectable_shift` the
+  smallest shift the test could detect with the seeds' spread; coverage on non-Gaussian data.
 """
 from __future__ import annotations
 
@@ -318,6 +322,17 @@ def against_first_order(bracket_family: dict, first_order_family: dict, level: f
             raise ValueError(f"{name}: {len(bracket)} seeds for brackets, {len(first)} for J·g; pair them by seed.")
         family[name] = (bracket - first, None)
     return sign_flip_contrasts(family, level)
+
+
+def detectable_shift(d, level: float) -> float:
+    """The smallest shift δ > 0 that the two-sided sign-flip test at confidence `level` rejects for differences with
+    d's spread, d − mean(d) + δ (or − δ): the larger distance from mean(d) to an end of sign_flip_interval(d, level).
+
+    The test is shift-equivariant (its interval for d + δ is d's shifted by δ), so it rejects 0 for d − mean(d) + δ
+    exactly when δ lies beyond mean(d) − low (and for − δ beyond high − mean(d)): a power statement about the seeds'
+    observed spread, inf where no interval exists at that level (too few seeds)."""
+    mean, low, high = sign_flip_interval(d, level=level)
+    return float(max(mean - low, high - mean))
 
 
 # ----------------------------------------------------------------------------- coverage on non-Gaussian data

@@ -1,90 +1,170 @@
-"""The study's verdict: sentences generated from the contrasts, saying what the numbers support and what not."""
+"""The study's verdict: sentences generated from the controls and the contrasts, saying what the numbers support,
+what not, and what the test could have detected. No sentence is written by hand after the results."""
 from __future__ import annotations
 
 import numpy as np
 
-from .contrasts import CONTRASTS, DETECTION
+from .contrasts import ALPHA, CONTRASTS, PAIRED, PREDICTED
+from .known_answers import CURVATURE_EXPECTED, DOSE_EXPECTED, PRIMARY_READOUTS, readouts_passed
 
-def _significant(row, alpha: float = 0.05) -> int:
-    """+1 / −1 when the Holm-adjusted test rejects 0 in that direction, else 0."""
-    return int(np.sign(row["mean"])) if row["p_holm"] < alpha else 0
-
-
-def _numbers(row) -> str:
-    return f"{row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}], Holm p {row['p_holm']:.3f}"
+SHORT = {name: name.split(" ")[0] for name in CONTRASTS}
 
 
-def _first_order_clause(bracket_row, first_row) -> str:
-    """Whether J·g of the same examples shows the same: then the finding is not one of brackets."""
-    same = _significant(first_row)
-    if same and same == _significant(bracket_row):
-        return f"; J·g of the same examples shows it too ({_numbers(first_row)}): a first-order effect, not one of brackets"
-    if _significant(bracket_row):
-        return f"; J·g of the same examples does not ({_numbers(first_row)})"
-    return f"; J·g: {_numbers(first_row)}"
+def significant(row, alpha: float = ALPHA) -> int:
+    """+1 / −1 when Holm rejects 0 in that direction (adjusted p ≤ α: the interval excludes 0), else 0."""
+    return int(np.sign(row["mean"])) if row["p_holm"] <= alpha else 0
 
 
-def verdict(table: dict, first_order: dict, n_seeds: int, posterior: dict | None = None,
-            sensitivity: dict | None = None) -> list[str]:
-    """Sentences generated from the contrasts (contrast_table, on brackets and on J·g): what the study supports
-    and what it does not. posterior: {"hair": arm (a)'s per-seed mean p(black) on the hair band, "glasses": …};
-    sensitivity: the same contrast table on another currency (log-odds), whose disagreements are named."""
-    names = list(CONTRASTS)
-    c1, c2, c3, c4 = (table[n] for n in names)
-    f1, f2, f3, f4 = (first_order[n] for n in names)
-    c5 = table[DETECTION]
-    power = f"at this power ({n_seeds} seeds, Holm over five contrasts)"
+def numbers(row) -> str:
+    return (f"{row['mean']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}] at {row['level']:.1%}, "
+            f"Holm p {row['p_holm']:.3f}")
+
+
+def _slopes(record: dict, readout: str) -> str:
+    return ", ".join(f"{d['readouts'][readout]['slope']:+.3f} ({k})" for k, d in record["dose"].items())
+
+
+def control_lines(record: dict, training: dict | None = None) -> list[str]:
+    """What the known-answer controls show (known_answers.control_record; training: known_answers.training_dose)."""
     lines = []
-    if posterior is not None:
-        for band, values in posterior.items():
-            values = np.asarray(values, float)
-            mean, off = float(values.mean()), float(np.abs(values - 0.5).mean())
-            numbers = f"mean prediction {mean:.2f}, single runs {off:.2f} from 0.5 on average"
-            if off <= 0.15:
-                lines.append(f"On the {band} band the model reaches the posterior 0.5 ({numbers}).")
-            elif abs(mean - 0.5) <= 0.15:
-                lines.append(f"On the {band} band the model reaches the posterior 0.5 only on average over seeds "
-                             f"({numbers}: each run leans one way), so the band tests less than it is meant to.")
-            else:
-                lines.append(f"On the {band} band the model does not reach the posterior 0.5 ({numbers}), so the "
-                             "band tests less than it is meant to.")
-    if _significant(c1) > 0:
-        lines.append(f"Brackets flag the mis-specified loss: (c) raises the makeup and lipstick outputs' share "
-                     f"({_numbers(c1)}, log10){_first_order_clause(c1, f1)}.")
-    else:
-        lines.append(f"Brackets do not flag the mis-specified positive control (c) {power} ({_numbers(c1)}, log10)"
-                     f"{_first_order_clause(c1, f1)}. A diagnostic that does not light up for a loss built not to "
-                     "fit the data cannot carry the write-up's reading, and a null result below says little.")
-    for row, first, what in ((c2, f2, "the hair band raises the Black & Brown hair share"),
-                             (c3, f3, "the faint-glasses band raises the Eyeglasses share")):
-        sign = _significant(row)
-        told = (what if sign > 0 else what.replace("raises", "lowers") if sign < 0
-                else f"no detectable change {power} where {what.split(' raises')[0]} would raise the share")
-        lines.append(f"Ambiguity: {told} ({_numbers(row)}){_first_order_clause(row, first)}.")
-    lines.append("The two bands differ in dose (the hair band takes a fraction of black/brown faces, the glasses band "
-                 "of all faces), so the two ambiguity contrasts are read each on its own, not against each other.")
-    exclusivity = {1: "The exclusivity-aware loss (b, weight matched) lowers the hair pair's share, as the write-up's "
-                      "hypothesis predicts",
-                   0: f"The exclusivity-aware loss (b, weight matched) changes the hair pair's share by no detectable "
-                      f"amount {power}: no support for the write-up's hypothesis from this test",
-                   -1: "The exclusivity-aware loss (b, weight matched) raises the hair pair's share: against the "
-                       "write-up's hypothesis"}
-    lines.append(f"{exclusivity[_significant(c4)]} ({_numbers(c4)}){_first_order_clause(c4, f4)}.")
-    if c5["low"] == c5["high"]:
-        lines.append("Brackets and J·g detect the manipulated attributes equally in every seed (the AUROC difference "
-                     "is the same everywhere): the comparison is at its ceiling or floor and decides nothing.")
-    else:
-        detection = {1: "Brackets detect the manipulated attributes better than J·g",
-                     0: f"Brackets detect the manipulated attributes no better than J·g, {power}",
-                     -1: "J·g detects the manipulated attributes better than brackets do"}
-        lines.append(f"{detection[_significant(c5)]} (AUROC difference {_numbers(c5)}).")
-    if sensitivity is not None:
-        disagree = [n.split(" ")[0] for n in table if _significant(sensitivity[n]) != _significant(table[n])]
-        lines.append("On the log-odds scale every contrast reads the same." if not disagree else
-                     f"On the log-odds scale {', '.join(disagree)} read differently (" +
-                     "; ".join(f"{n}: {_numbers(sensitivity[m])}" for n, m in
-                               ((m.split(' ')[0], m) for m in table if m.split(' ')[0] in disagree)) +
-                     "): those conclusions depend on the currency, and the Fisher scale's are the pre-registered ones.")
-    lines.append(f"Each test is an exact sign-flip test over {n_seeds} seeds, Holm-corrected over the five contrasts; "
-                 "the intervals are 95% t intervals over seeds (their coverage is tested in tests/test_stats.py).")
+    for readout, short in PRIMARY_READOUTS.items():
+        expected, tolerance = DOSE_EXPECTED[readout]
+        ok = readouts_passed(record)[short]
+        lines.append(f"Loss-weight dose, {readout}: slope {_slopes(record, readout)} in log10 w, expected "
+                     f"{expected:g} ± {tolerance:g}: {'passed' if ok else 'FAILED: not used for any contrast'}.")
+    old = [r for r in DOSE_EXPECTED if r.startswith("old readout")]
+    failed = [r for r in old if not all(d["readouts"][r]["passed"] for d in record["dose"].values())]
+    lines.append("The old readout (an attribute's share of the whole bracket against the median attribute) "
+                 + ("fails the same dose: " if failed else "passes the same dose: ")
+                 + "; ".join(f"{r}: slope {_slopes(record, r)}, expected {DOSE_EXPECTED[r][0]:g}" for r in old)
+                 + (". It is reported, not used." if failed else "."))
+    c = record["curvature"]
+    checks = c["checks"]
+    held = all(v["passed"] for v in checks.values())
+    lines.append(f"Curvature at fixed residuals ({c['source']}, τ = {', '.join(f'{t:g}' for t in c['taus'])}): residuals "
+                 f"moved by at most {checks['residual change']['value']:.1e} and J·g by {checks['J·g change (log10)']['value']:.1e} "
+                 f"log10, the bracket changed as its closed form says (relative error "
+                 f"{checks['bracket change against its closed form']['value']:.1e}), and the {c['source']} self part moved "
+                 f"by up to {checks['self part change (log10)']['value']:.2f} log10: "
+                 + ("every expectation held; here brackets see a change of curvature that no gradient shows."
+                    if held else "FAILED: " + ", ".join(k for k, v in checks.items() if not v["passed"]) + "."))
+    if training is not None:
+        values = ", ".join(f"{m:.3f} (band {b:g})" for m, b in zip(training["means"], training["bands"]))
+        lines.append(f"Training-level dose: Eyeglasses' mean |residual| on the {training['images']} glasses-band images "
+                     f"is {values}, over seeds {training['seeds']} ({training['monotone_seeds']} of "
+                     f"{len(training['seeds'])} seeds increase on their own): "
+                     + ("monotone, as the design makes it." if training["monotone"] else
+                        "NOT monotone: the band does not act as a dose on these runs, and C3 tests less than it should."))
     return lines
+
+
+def posterior_lines(posterior: dict) -> list[str]:
+    """Whether arm (a) reaches the bands' posterior 0.5 ({"hair": per-seed p(black) on the band, "glasses": …})."""
+    lines = []
+    for band, values in posterior.items():
+        values = np.asarray(values, float)
+        mean, off = float(values.mean()), float(np.abs(values - 0.5).mean())
+        told = f"mean prediction {mean:.2f}, single runs {off:.2f} from 0.5 on average"
+        if off <= 0.15:
+            lines.append(f"On the {band} band the model reaches the posterior 0.5 ({told}).")
+        elif abs(mean - 0.5) <= 0.15:
+            lines.append(f"On the {band} band the model reaches the posterior 0.5 only on average over seeds ({told}: "
+                         "each run leans one way), so the band tests less than it is meant to.")
+        else:
+            lines.append(f"On the {band} band the model does not reach the posterior 0.5 ({told}), so the band tests "
+                         "less than it is meant to.")
+    return lines
+
+
+WHAT = {
+    "C1": ("against (a), (c)'s makeup softmax {} the makeup source's self-share",
+           " C1 is a contrast, not a control: nothing fixes its sign in advance (DESIGN.md §6)."),
+    "C2": ("the hair band {} the hair source's self-share", ""),
+    "C3": ("the glasses band {} the glasses source's self-share", ""),
+    "C4": ("against the exclusivity-aware loss (b, weight matched), the independent loss {} the hair source's "
+           "self-share", ""),
+    "C5": ("within (a) the hair source creates {} self-bracket than its gradient share predicts (Q_HAIR − 2·Q^g_HAIR, "
+           "against the reference sources)", ""),
+}
+VERBS = {1: "raises", -1: "lowers", 0: "does not detectably change"}
+
+
+def contrast_line(name: str, row: dict, paired: dict | None, dose_step: float) -> str:
+    """One contrast's sentence: its direction (or none detected, with what could have been), J·g's paired reading."""
+    short = SHORT[name]
+    what, note = WHAT[short]
+    sign = significant(row)
+    told = what.format({1: "more", -1: "less", 0: "no detectably more or less"}[sign] if short == "C5" else VERBS[sign])
+    line = f"{short}: {told} ({numbers(row)})."
+    if not sign:
+        could = "could" if row["detectable"] <= abs(dose_step) else "could not"
+        line += (f" With these seeds' spread the test at Holm's first level detects a contrast of "
+                 f"{row['detectable']:.2f} or more, so it {could} have detected one the size of a doubled source weight "
+                 f"({dose_step:+.2f}).")
+    if name in PREDICTED:
+        verdict = {PREDICTED[name]: " This is what the write-up's hypothesis predicts.",
+                   -PREDICTED[name]: " This is against the write-up's hypothesis.",
+                   0: " No support for the write-up's hypothesis from this test."}
+        line += verdict[sign]
+    if paired is not None:
+        p_sign = significant(paired)
+        if sign and p_sign == sign:
+            line += f" It exceeds what the source's J·g predicts (Q − 2·Q^g paired by seed: {numbers(paired)})."
+        elif sign:
+            line += (f" It is no more than the source's J·g predicts (Q − 2·Q^g paired by seed: {numbers(paired)}): a "
+                     "first-order effect, not one of brackets.")
+        elif p_sign:
+            line += f" Paired against J·g the difference is detectable ({numbers(paired)})."
+    return line + note
+
+
+def verdict(tables: dict, record: dict, n_seeds: int, *, training: dict | None = None, posterior: dict | None = None,
+            sensitivity: dict | None = None, robustness: dict | None = None, mean_dominant_share: float | None = None
+            ) -> list[str]:
+    """Sentences from the controls (known_answers.control_record, .training_dose) and the contrasts
+    (contrasts.contrast_tables on the Fisher scale; sensitivity: the same on log-odds; robustness:
+    contrasts.robustness_table), in that order."""
+    lines = control_lines(record, training)
+    if posterior is not None:
+        lines += posterior_lines(posterior)
+    passed = readouts_passed(record)
+    if not passed["Q"]:
+        return lines + ["The self-share Q failed its known-answer control, so no contrast is read from it."]
+    hair = record["dose"].get("HAIR")
+    dose_step = (hair["readouts"]["Q, self-share"]["values"][1] - hair["readouts"]["Q, self-share"]["values"][0]
+                 if hair else 2 * np.log10(2))
+    q = tables["Q"]
+    detectable = ", ".join(f"{SHORT[n]} {q[n]['detectable']:.2f}" for n in q)
+    lines.append(f"Power: a doubled hair weight moves Q_HAIR by {dose_step:+.2f} (the dose control). With the seeds' "
+                 f"spread the sign-flip test at Holm's first level (α/{len(q)} = {ALPHA / len(q):.3f}) detects a contrast "
+                 f"of at least {detectable} (log10)"
+                 + ("; inf: too few seeds for any interval at that level." if not np.isfinite(
+                     [r["detectable"] for r in q.values()]).all() else "."))
+    for name, row in q.items():
+        paired = tables["against J·g"].get(name) if name in PAIRED else None
+        if name == list(CONTRASTS)[-1] and not passed["C5"]:
+            lines.append(f"{SHORT[name]} is not read: its statistic failed the dose control.")
+            continue
+        lines.append(contrast_line(name, row, paired if passed["Q^g"] else None, dose_step))
+    if robustness:
+        same = all(significant(robustness[n]) == significant(q[n]) for n in robustness)
+        share = "" if mean_dominant_share is None else (f" (in (a) the dominant example's pairs carry "
+                                                        f"{mean_dominant_share:.0%} of the summed hair self-bracket)")
+        lines.append(f"With each stratum's dominant example left out{share}, "
+                     + "; ".join(f"{SHORT[n]} reads {numbers(r)}" for n, r in robustness.items())
+                     + (": the same conclusions." if same else ": a conclusion changes, so it rests on one example."))
+    if sensitivity is not None:
+        disagree = [n for n in q if significant(sensitivity["Q"][n]) != significant(q[n])]
+        lines.append("On the log-odds scale every contrast reads the same." if not disagree else
+                     "On the log-odds scale " + "; ".join(f"{SHORT[n]} reads {numbers(sensitivity['Q'][n])}"
+                                                         for n in disagree)
+                     + ": those conclusions depend on the currency; the Fisher scale's are the pre-registered ones.")
+    lines.append(f"Each test is an exact sign-flip test over {n_seeds} seeds, Holm-corrected over its family; each "
+                 "interval inverts the same test at its Holm-consistent level, so it excludes 0 exactly when Holm "
+                 "rejects, and covers a median-like location of the seeds' differences (their centre of symmetry), "
+                 "not the mean of a skewed distribution (coverage on non-Gaussian data: tests/test_stats_intervals.py).")
+    return lines
+
+
+assert set(CURVATURE_EXPECTED) >= {"residual change", "J·g change (log10)", "bracket change against its closed form",
+                                   "self part change (log10)"}
