@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import lie_helpers as lh
-from lie_helpers.pipeline import bench, gpu_check
-from lie_helpers.training.config import get_profile
+from lie_helpers.pipeline import bench, gpu_check, gpu_report
+from lie_helpers.training.config import get_profile, swap_steps
 from lie_helpers.training.losses import get_loss
 
 
@@ -64,9 +64,17 @@ def test_report_numbers_are_consistent(report):
     assert train["bracket_record_finite"]
     assert proj["checkpoints"] == 51
     assert proj["training_s"] == pytest.approx(5000 / train["steps_per_s"])
-    assert proj["brackets_s"] == pytest.approx(51 * train["brackets_per_checkpoint_s"])
+    # both brackets at every checkpoint, and the whole chain: notebook 05's side run and notebook 02's swaps
+    assert proj["brackets_s"] == pytest.approx(51 * (train["brackets_per_checkpoint_s"]
+                                                     + train["adam_brackets_per_checkpoint_s"]))
+    swaps = s["swaps"]
+    assert proj["real_swaps_s"] == pytest.approx(len(swap_steps(full)) * (
+        2 * swaps["swap_s"] + 2 * swaps["orders_one_stem_s"] + swaps["persistence_s"]))
+    assert proj["side_run_s"] > full.side_run_steps / train["steps_per_s"]
+    assert proj["checkpoint_disk_bytes"] == 51 * (train["checkpoint_model_bytes"] + train["checkpoint_optimizer_bytes"])
     assert proj["data_cache_s"] == pytest.approx(202_599 * (proj["draw_per_image_s"] + proj["decode_per_image_s"]))
-    parts = ("data_cache_s", "training_s", "evaluation_s", "checkpoint_writes_s", "brackets_s")
+    parts = ("data_cache_s", "training_s", "evaluation_s", "checkpoint_writes_s", "brackets_s", "side_run_s",
+             "real_swaps_s")
     assert proj["total_s"] == pytest.approx(sum(proj[k] for k in parts))
 
 
@@ -76,16 +84,16 @@ def test_markdown_renders_every_section_and_its_numbers(report):
         assert f"## {name}: {section['status']}" in markdown
     assert data["sections"]["cpu_vs_cuda_float64"].get("reason", "") in markdown
     for key in ("steps_per_s", "images_per_s", "brackets_per_checkpoint_s"):
-        assert f"| {key} | {gpu_check.fmt(key, data['sections']['training'][key])} |" in markdown
+        assert f"| {key} | {gpu_report.fmt(key, data['sections']['training'][key])} |" in markdown
     total = data["sections"]["projection"]["total_s"]
-    assert f"| total_s | {gpu_check.fmt('total_s', total)} |" in markdown
+    assert f"| total_s | {gpu_report.fmt('total_s', total)} |" in markdown
 
 
 def test_fmt_gives_big_units():
-    assert gpu_check.fmt("run_s", 7200.0) == "7.2e+03 (2.0 h)"
-    assert gpu_check.fmt("run_s", 300.0) == "300 (5.0 min)"
-    assert gpu_check.fmt("disk_bytes", 3 * 2**30) == "3,221,225,472 (3.0 GiB)"
-    assert gpu_check.fmt("ok", True) == "True"
+    assert gpu_report.fmt("run_s", 7200.0) == "7.2e+03 (2.0 h)"
+    assert gpu_report.fmt("run_s", 300.0) == "300 (5.0 min)"
+    assert gpu_report.fmt("disk_bytes", 3 * 2**30) == "3,221,225,472 (3.0 GiB)"
+    assert gpu_report.fmt("ok", True) == "True"
 
 
 def tiny_context(**budgets):

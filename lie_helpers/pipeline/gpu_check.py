@@ -20,11 +20,16 @@ Sections (each time-boxed; one that fails records its error and the others still
                          and full width (1.0, 64 px): median times, ratios (target <= 0.2)
     training             (d) the full profile's training steps (batch 32, 64 px), evaluation,
                          one checkpoint write, and the bracket analysis of one checkpoint
-                         (analysis.analyse_checkpoint: 6 examples, pushforward batch 32)
-    projection           (e) the full profile's wall time: data cache (drawing and decoding
+                         (analysis.analyse_checkpoint: 6 examples, pushforward batch 32), with
+                         Adam's bracket beside it (analysis.adam_records)
+    swaps                (e) notebook 02 §5's measurements of one real swap at full size, float64:
+                         the swap and its predictions, its residual orders across lr (one stem),
+                         and what persists of it over the later steps
+    projection           (f) the whole `full` chain's wall time: data cache (drawing and decoding
                          the generated images, from a sample), 5000 training steps, and at each
                          of the 51 checkpoints (every 100 steps and step 0) evaluation,
-                         checkpoint write and bracket analysis; and the disk it takes
+                         checkpoint write and both brackets' analysis; notebook 02's swaps,
+                         notebook 05's side run; and the disk it takes (every Adam state kept)
 
 gpu_check.json:
 
@@ -58,17 +63,23 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..data import storage
 from ..analysis.records import analyse_checkpoint, fixed_inputs
 from ..data.attributes import ATTRIBUTES
+from .gpu_report import write_report
 from .bench import benchmark_model, median, peak_memory, random_examples, synchronize, time_bracket_methods, timed
 from ..engine.brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, brackets_vmapped, example_loss, parameters_of,
                        relative_error)
 from ..data.celeba import load_split
-from ..training.config import Profile, get_profile
+from ..training.config import Profile, get_profile, swap_steps
 from ..data.generated_celeba import generate_celeba
 from ..training.losses import get_loss
+from ..analysis.adam_records import reduced_adam_brackets
+from ..analysis.order_effects import measure_swap
+from ..analysis.persistence import LATER_KS, ZERO_KS, measure_persistence
+from ..analysis.swap_orders import LR_FACTORS, measure_swap_orders
+from ..engine.adam import AdamState
 from ..engine.numerics import tf32
+from ..study.runs import side_run_profile
 from ..training.train import _save_checkpoint, build_model, evaluate, make_optimizer, prepare_inputs, train_step
 
 FORMAT = "lie_helpers.gpu_check/1"
@@ -96,11 +107,11 @@ SIZES = {
     "gpu": CheckSize("gpu", default_model=(0.25, 32), full_model=(1.0, 64), examples=6, repeats=3,
                      train_steps=40, warmup_steps=5, eval_images=1024, cache_images=96,
                      budgets_s={"environment": 30, "cpu_vs_cuda_float64": 90, "float32_vs_float64": 45,
-                                "bracket_speed": 150, "training": 90, "projection": 45}),
+                                "bracket_speed": 150, "training": 120, "swaps": 240, "projection": 45}),
     "tiny": CheckSize("tiny", default_model=(0.125, 16), full_model=(0.125, 16), examples=4, repeats=1,
                       train_steps=3, warmup_steps=1, eval_images=64, cache_images=4,
                       budgets_s={"environment": 10, "cpu_vs_cuda_float64": 20, "float32_vs_float64": 20,
-                                 "bracket_speed": 30, "training": 30, "projection": 20}),
+                                 "bracket_speed": 30, "training": 30, "swaps": 60, "projection": 20}),
 }
 
 
@@ -282,6 +293,41 @@ def training(ctx: Context, out: dict) -> None:
     if peak is not None:
         out["brackets_peak_memory_bytes"] = peak
     out["bracket_record_finite"] = all(bool(torch.isfinite(t).all()) for t in record.values())
+    state = AdamState.from_optimizer(model, optimizer)
+    out["adam_brackets_per_checkpoint_s"] = median(
+        timed(lambda: reduced_adam_brackets(model, loss_fn, examples, targets, batch, state), device, size.repeats,
+              warmup=1))
+
+
+def swaps(ctx: Context, out: dict) -> None:
+    """One real swap of notebook 02 §5 at full size in float64: measure_swap, its residual orders across the
+    learning rates on one stem, and its persistence over the later steps (with fewer of them in tiny mode)."""
+    device, profile = ctx.device, ctx.profile("full")
+    loss_fn = get_loss(profile.loss)
+    g = torch.Generator().manual_seed(1)
+    n = profile.batch_size * (3 + max(LATER_KS))
+    images = torch.randint(0, 256, (n, 3, profile.image_size, profile.image_size), dtype=torch.uint8, generator=g)
+    attributes = torch.randint(0, 2, (n, len(ATTRIBUTES)), generator=g).double()
+    model = build_model(profile).to(device=device, dtype=torch.float64).train()
+    optimizer = make_optimizer(model, profile)
+    minibatches = [(prepare_inputs(images[k * profile.batch_size:(k + 1) * profile.batch_size], device, torch.float64),
+                    attributes[k * profile.batch_size:(k + 1) * profile.batch_size].to(device))
+                   for k in range(n // profile.batch_size)]
+    for batch in minibatches[:2]:      # an Adam state with moments, as at a checkpoint inside the run
+        train_step(model, optimizer, loss_fn, *batch)
+    a, b, fixed = minibatches[0], minibatches[1], minibatches[2][0]
+    out["model"] = f"{describe_model(profile)}, float64, minibatches of {profile.batch_size}"
+    out["swap_s"] = median(timed(lambda: measure_swap(model, optimizer, loss_fn, (a, b), fixed, profile.lr), device, 1,
+                                 warmup=0))
+    state = AdamState.from_optimizer(model, optimizer)
+    lrs = [profile.lr * f for f in LR_FACTORS]
+    out["orders_one_stem_s"] = median(timed(lambda: measure_swap_orders(model, state, loss_fn, a, b, fixed, lrs),
+                                            device, 1, warmup=0))
+    later_ks, zero_ks = (LATER_KS, ZERO_KS) if ctx.size.name == "gpu" else (LATER_KS[:3], ZERO_KS[:3])
+    out["persistence_later_steps"], out["persistence_zero_steps"] = max(later_ks), max(zero_ks)
+    out["persistence_s"] = median(timed(lambda: measure_persistence(
+        model, state.with_lr(profile.lr), loss_fn, a, b, minibatches[3:3 + max(later_ks)], later_ks=later_ks,
+        zero_ks=zero_ks), device, 1, warmup=0))
 
 
 def projection(ctx: Context, out: dict) -> None:
@@ -298,11 +344,28 @@ def projection(ctx: Context, out: dict) -> None:
     out["training_s"] = full.steps / measured["steps_per_s"]
     out["evaluation_s"] = checkpoints * full.eval_images / measured["eval_images_per_s"]
     out["checkpoint_writes_s"] = checkpoints * measured["checkpoint_write_s"]
-    out["brackets_s"] = checkpoints * measured["brackets_per_checkpoint_s"]
+    out["brackets_s"] = checkpoints * (measured["brackets_per_checkpoint_s"]
+                                       + measured.get("adam_brackets_per_checkpoint_s", 0.0))
     out["run_s"] = out["training_s"] + out["evaluation_s"] + out["checkpoint_writes_s"] + out["brackets_s"]
-    out["total_s"] = out["data_cache_s"] + out["run_s"]
-    out["checkpoint_disk_bytes"] = (checkpoints * measured["checkpoint_model_bytes"]
-                                    + measured["checkpoint_optimizer_bytes"])
+    # notebook 05's side run (study.runs.side_run_profile): its training and its thinned checkpoints
+    side = side_run_profile(full, "categorical_hair_matched", full.seed)
+    side_checkpoints = side.steps // side.checkpoint_every + 1
+    out["side_run_s"] = (side.steps / measured["steps_per_s"] + side_checkpoints * (
+        full.eval_images / measured["eval_images_per_s"] + measured["checkpoint_write_s"]
+        + measured["brackets_per_checkpoint_s"] + measured.get("adam_brackets_per_checkpoint_s", 0.0)))
+    # notebook 02 §5: 2 swaps (one pair of each kind) at each swap checkpoint, one pair's orders on two stems and
+    # its persistence (swap_orders.measure_run_orders, persistence.measure_run_persistence with pairs=1)
+    timed_swaps = ctx.results.get("swaps", {})
+    if all(k in timed_swaps for k in ("swap_s", "orders_one_stem_s", "persistence_s")):
+        count = len(swap_steps(full))
+        out["real_swaps_s"] = count * (2 * timed_swaps["swap_s"] + 2 * timed_swaps["orders_one_stem_s"]
+                                       + timed_swaps["persistence_s"])
+    else:
+        out["real_swaps_s"] = {"skipped": "the swaps section measured nothing"}
+    extra = out["side_run_s"] + (out["real_swaps_s"] if isinstance(out["real_swaps_s"], float) else 0.0)
+    out["total_s"] = out["data_cache_s"] + out["run_s"] + extra
+    out["checkpoint_disk_bytes"] = checkpoints * (measured["checkpoint_model_bytes"]
+                                                  + measured["checkpoint_optimizer_bytes"])
 
 
 def data_cache(profile: Profile, sample: int) -> dict:
@@ -323,7 +386,7 @@ def data_cache(profile: Profile, sample: int) -> dict:
 
 SECTIONS = {"environment": environment, "cpu_vs_cuda_float64": cpu_vs_cuda_float64,
             "float32_vs_float64": float32_vs_float64, "bracket_speed": bracket_speed,
-            "training": training, "projection": projection}
+            "training": training, "swaps": swaps, "projection": projection}
 
 
 # ----------------------------------------------------------------------------- running and reporting
@@ -363,59 +426,6 @@ def run_check(tiny: bool = False, device=None) -> dict:
     synchronize(device)
     return {"format": FORMAT, "mode": size.name, "device": device.type, "units": UNITS,
             "total_s": time.perf_counter() - start, "sections": ctx.results}
-
-
-def fmt(key: str, value) -> str:
-    """A value as the report prints it: 3 significant digits, long times and large sizes also in big units."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    text = f"{value:,}" if isinstance(value, int) else f"{value:.3g}"
-    if key.endswith("_s") and value >= 3600:
-        text += f" ({value / 3600:.1f} h)"
-    elif key.endswith("_s") and value >= 120:
-        text += f" ({value / 60:.1f} min)"
-    elif key.endswith("_bytes") and value >= 2**30:
-        text += f" ({value / 2**30:.1f} GiB)"
-    elif key.endswith("_bytes") and value >= 2**20:
-        text += f" ({value / 2**20:.1f} MiB)"
-    return text
-
-
-def render_markdown(report: dict) -> str:
-    """gpu_check.md: a header, then one table of each section's numbers (nested ones by path)."""
-    env = report["sections"]["environment"]
-    where = env.get("gpu") or f"CPU ({env.get('cpu_threads', '?')} threads)"
-    lines = [f"# GPU check ({report['mode']} mode, {report['device']}: {where})", "",
-             f"Total {report['total_s']:.1f} s. Units: " + "; ".join(f"`{k}` {v}" for k, v in report["units"].items()),
-             ""]
-    for name, section in report["sections"].items():
-        lines += [f"## {name}: {section['status']} ({section['seconds']:.1f} s)", ""]
-        if section["status"] == "skipped":
-            lines += [f"Skipped: {section['reason']}", ""]
-            continue
-        if "error" in section:
-            lines += [f"**{section['status']}**: {section['error']}", ""]
-        rows = [(key, value) for key, value in flatten(section)
-                if key not in ("status", "seconds", "error", "traceback")]
-        lines += ["| quantity | value |", "|---|---|"] + [f"| {k} | {fmt(k, v)} |" for k, v in rows] + [""]
-    return "\n".join(lines)
-
-
-def flatten(tree: dict, prefix: str = ""):
-    """(dotted key, leaf) pairs of a nested dict."""
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-def write_report(report: dict, out_dir) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    json_path, md_path = out_dir / "gpu_check.json", out_dir / "gpu_check.md"
-    storage.atomic_write_json(json_path, report)
-    storage.atomic_write_bytes(md_path, render_markdown(report).encode())
-    return json_path, md_path
 
 
 def main(argv=None) -> dict:
