@@ -22,6 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
+import secrets
+import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +38,9 @@ from ..data.storage import show
 
 KEEP_OPTIMIZER_STATES = 2   # the latest checkpoint's, and one to fall back on when it is bad
 LOCK_WAIT_SECONDS = 10.0    # how long a second writer waits for the lock before it refuses
+# Locks a process holds on behalf of its children ({lock path: token}, JSON): the chain takes a run folder's lock
+# and hands it to its notebooks' kernels, whose `lock` then enters without waiting (see `lock`).
+HELD_LOCKS = "LIE_HELPERS_HELD_LOCKS"
 MANIFEST_VERSION = 1
 
 
@@ -72,6 +81,11 @@ class RunPaths:
     def lock(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def holder(self) -> Path:
+        """Who holds the lock (pid, command, since when, a token): for messages and for handing the lock on."""
+        return self.root / ".lock.holder"
+
     def weights(self, step: int) -> Path:
         return self.checkpoints / f"{step_name(step)}.safetensors"
 
@@ -95,19 +109,85 @@ def _paths(run) -> RunPaths:
 # ----------------------------------------------------------------------------- the lock
 
 @contextlib.contextmanager
-def lock(run, timeout: float | None = None):
-    """Hold the run folder's lock; a second writer waits `timeout` seconds (LOCK_WAIT_SECONDS), then refuses."""
+def lock(run, timeout: float | None = None, *, hand_on: bool = False):
+    """Hold the run folder's lock; a second writer waits `timeout` seconds (LOCK_WAIT_SECONDS), then refuses, naming
+    the holder. On taking it, temporary files that killed writers left in the folder are removed.
+
+    Re-entrant for the holder's own children: with `hand_on`, the lock is handed to child processes through the
+    environment variable HELD_LOCKS (the chain does this for its notebooks' kernels), and a `lock` in a process
+    that inherited it, while the holder that handed it on still holds it, enters at once.
+    """
     paths = _paths(run)
     paths.root.mkdir(parents=True, exist_ok=True)
+    if paths.lock.is_symlink() or paths.holder.is_symlink():
+        link = paths.lock if paths.lock.is_symlink() else paths.holder
+        raise RuntimeError(f"{show(link)} is a symbolic link, not this project's lock file: remove it "
+                           f"(rm {show(link)}) and run again. The run folder's lock is never taken through a link.")
+    if _handed_to_us(paths):
+        yield
+        return
     timeout = LOCK_WAIT_SECONDS if timeout is None else timeout
+    file_lock = filelock.FileLock(paths.lock, timeout=timeout)
     try:
-        with filelock.FileLock(paths.lock, timeout=timeout):
-            yield
+        file_lock.acquire()
     except filelock.Timeout:
         raise RuntimeError(
-            f"Another process is writing to the run folder {show(paths.root)} (it holds {show(paths.lock)}; "
-            f"waited {timeout:g} s). Let it finish and run again (finished work is kept), or use another "
-            "run folder.") from None
+            f"Another process is writing to the run folder {show(paths.root)} ({_holder_text(paths)}; it holds "
+            f"{show(paths.lock)}; waited {timeout:g} s). Let it finish and run again (finished work is kept), or use "
+            "another run folder.") from None
+    token = secrets.token_hex(8)
+    previous = os.environ.get(HELD_LOCKS)
+    try:
+        storage.atomic_write_json(paths.holder, {"pid": os.getpid(), "host": socket.gethostname(), "token": token,
+                                                 "command": " ".join(sys.argv) or sys.executable,
+                                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        storage.remove_stale_temporaries(paths.root)
+        if hand_on:
+            os.environ[HELD_LOCKS] = json.dumps({**_held_locks(), str(paths.lock.resolve()): token})
+        yield
+    finally:
+        if hand_on:
+            if previous is None:
+                os.environ.pop(HELD_LOCKS, None)
+            else:
+                os.environ[HELD_LOCKS] = previous
+        with contextlib.suppress(OSError):
+            paths.holder.unlink()
+        file_lock.release()
+
+
+def _held_locks() -> dict:
+    try:
+        held = json.loads(os.environ.get(HELD_LOCKS) or "{}")
+    except ValueError:
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def _read_holder(paths: RunPaths) -> dict:
+    try:
+        holder = json.loads(paths.holder.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _handed_to_us(paths: RunPaths) -> bool:
+    """Whether this process inherited the lock from a holder that still holds it (same token, same host, alive)."""
+    token = _held_locks().get(str(paths.lock.resolve()))
+    if not token:
+        return False
+    holder = _read_holder(paths)
+    return (holder.get("token") == token and holder.get("host") == socket.gethostname()
+            and isinstance(holder.get("pid"), int) and storage.pid_alive(holder["pid"]))
+
+
+def _holder_text(paths: RunPaths) -> str:
+    holder = _read_holder(paths)
+    if not holder.get("pid"):
+        return "holder unknown"
+    return (f"process {holder['pid']} on {holder.get('host', '?')}, `{holder.get('command', '?')}`, "
+            f"since {holder.get('since', '?')}")
 
 
 # ----------------------------------------------------------------------------- the manifest
