@@ -54,7 +54,7 @@ from torchvision.datasets.utils import check_integrity
 from tqdm.auto import tqdm
 
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, TEXT_FILES
-from .storage import atomic_save_tensors, load_tensors, read_metadata, show
+from .storage import atomic_save_tensors, load_tensors, read_metadata, remove_stale_temporaries, show
 
 PREPROCESS_VERSION = 1
 SPLITS = ("train", "valid", "test", "all")
@@ -82,8 +82,10 @@ def _is_generated(root) -> bool:
     return (Path(root) / BASE_FOLDER / GROUND_TRUTH).exists()
 
 
-def _regenerate_or_redownload(root) -> str:
-    if _is_generated(root):
+def _regenerate_or_redownload(root, generated: bool | None = None) -> str:
+    """The fix for a missing or corrupt file: draw generated data anew, download real data again. `generated`: what
+    the folder held when reading began (None: look now; a folder removed meanwhile no longer says)."""
+    if _is_generated(root) if generated is None else generated:
         return (f"This folder holds GENERATED data: delete the folder {show(Path(root) / BASE_FOLDER)} and run "
                 "again (prepare_data, load_profile_split or generate_celeba draws it anew; notebook 01 does).")
     return (f"Re-download the file from the official CelebA page {OFFICIAL_PAGE} ('Anno' and 'Eval' folders) "
@@ -210,6 +212,12 @@ class CelebAFolder(CelebA):
         if bad:
             raise self._corrupt("list_attr_celeba.txt", f"attribute values must be exactly -1 or 1; {bad}")
 
+    @property
+    def generated(self) -> bool:
+        if not hasattr(self, "_generated"):
+            self._generated = _is_generated(self.root)
+        return self._generated
+
     def image_path(self, index: int) -> Path:
         return Path(self.root) / self.base_folder / IMAGE_FOLDER / self.filename[index]
 
@@ -219,7 +227,7 @@ class CelebAFolder(CelebA):
             if isinstance(image, Image.Image):
                 image.load()
         except (OSError, SyntaxError, ValueError) as err:
-            raise _bad_image(self.image_path(index), err) from err
+            raise _bad_image(self.image_path(index), err, self.generated) from err
         return image, target
 
 
@@ -240,12 +248,14 @@ def bad_attribute_value(path) -> str | None:
     return None
 
 
-def _bad_image(path: Path, err: Exception) -> Exception:
+def _bad_image(path: Path, err: Exception, generated: bool | None = None) -> Exception:
+    """The error for an image that is missing or cannot be decoded; `generated` as in _regenerate_or_redownload."""
     root = path.parent.parent.parent
+    generated = _is_generated(root) if generated is None else generated
     if isinstance(err, FileNotFoundError):
-        return FileNotFoundError(f"Image {path} is missing. {_regenerate_or_redownload(root)}")
-    return ValueError(f"Image {path} cannot be decoded ({type(err).__name__}: {err}); the file is corrupt. "
-                      + (_regenerate_or_redownload(root) if _is_generated(root) else
+        return FileNotFoundError(f"Image {show(path)} is missing. {_regenerate_or_redownload(root, generated)}")
+    return ValueError(f"Image {show(path)} cannot be decoded ({type(err).__name__}: {err}); the file is corrupt. "
+                      + (_regenerate_or_redownload(root, generated) if generated else
                          f"Re-extract it from img_align_celeba.zip ('Align&Cropped Images' on {OFFICIAL_PAGE})."))
 
 
@@ -271,7 +281,7 @@ def data_fingerprint(data_dir) -> str:
     return h.hexdigest()[:16]
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
+def _decode(path: Path, size: int, generated: bool | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -282,7 +292,7 @@ def _decode(path: Path, size: int) -> np.ndarray:
             im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as err:
-        raise _bad_image(path, err) from err
+        raise _bad_image(path, err, generated) from err
 
 
 def _remove_stale_caches(cache_dir: Path, stem: str, keep: Path, source: str) -> None:
@@ -319,6 +329,7 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}.")
     base = check_celeba_folder(data_dir, verify_checksums=verify_checksums)
+    generated = _is_generated(data_dir)      # what the folder holds now names the fix of a file missing later
     fp = data_fingerprint(data_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
     stem = f"celeba-{split}-{image_size}px-p{PREPROCESS_VERSION}"
@@ -339,7 +350,7 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} image(s) of split '{split}' are missing from {image_dir}, e.g. {', '.join(missing[:5])}. "
-            + _regenerate_or_redownload(data_dir))
+            + _regenerate_or_redownload(data_dir, generated))
     n = len(ds.filename)
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     workers = workers or min(8, os.cpu_count() or 1)
@@ -348,12 +359,12 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
     with tqdm(total=n, desc=f"Decoding CelebA {split} at {image_size}px", unit="img", disable=not progress) as bar:
         if workers > 1 and n > 64:
             with ThreadPoolExecutor(workers) as pool:
-                for i, arr in enumerate(pool.map(lambda p: _decode(p, image_size), paths, chunksize=64)):
+                for i, arr in enumerate(pool.map(lambda p: _decode(p, image_size, generated), paths, chunksize=64)):
                     images[i] = arr
                     bar.update(1)
         else:
             for i, p in enumerate(paths):
-                images[i] = _decode(p, image_size)
+                images[i] = _decode(p, image_size, generated)
                 bar.update(1)
     images_t = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     attributes = ds.attr.to(torch.uint8)
@@ -362,6 +373,7 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
             "source": str(data_dir.resolve()), "filenames": json.dumps(list(ds.filename)),
             "attribute_names": json.dumps(list(ATTRIBUTES)),
             "decode_seconds": f"{time.perf_counter() - started:.2f}"}
+    remove_stale_temporaries(cache_dir, recursive=False)   # of killed writers of this cache
     atomic_save_tensors(path, {"images": images_t, "attributes": attributes}, meta)
     _remove_stale_caches(cache_dir, stem, path, meta["source"])
     return SplitTensors(images_t, attributes.to(torch.int64), list(ds.filename), fp, split, image_size)
