@@ -135,3 +135,53 @@ def test_shard_0_of_0_is_a_message_before_any_data_loads(monkeypatch, capsys):
         with pytest.raises(SystemExit, match=r"--shard .*K/N.*0 <= K < N") as err:
             study_cli.main(["--profile", "ci", f"--shard{shard}" if shard.startswith("=") else "--shard", *([] if shard.startswith("=") else [shard])])
         assert err.value.code != 0
+
+
+# ----------------------------------------------------------------------------- item 7: bad input found early
+
+def test_a_diverging_run_stops_at_once_with_the_step_and_the_learning_rate(tmp_path):
+    """The issue: `--set lr=1000` trained to the end without a word (train loss 382,830); the run then failed in
+    notebook 02 with "A log-log fit needs at least 3 positive points"."""
+    wild = get_profile("ci", **{**SETTINGS, "steps": 40, "checkpoint_every": 10, "lr": 1000.0})
+    calls = []
+    real = T.train_step
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(T, "train_step", lambda *a: calls.append(1) or real(*a))
+        with pytest.raises(T.TrainingDiverged, match=r"(?s)step \d+.*lr = 1000.*learning rate") as err:
+            train(tmp_path, wild)
+    assert len(calls) < 10, "it trained on after the loss exploded"
+    assert "--set lr=" in str(err.value)
+    assert T.list_checkpoints(tmp_path) == [0]          # nothing after the divergence is kept as a checkpoint
+
+
+@pytest.mark.parametrize("what", ["loss", "weight"])
+def test_training_stops_at_the_first_non_finite_loss_or_weight(tmp_path, monkeypatch, what):
+    real, calls = T.train_step, []
+
+    def step(model, *args):
+        loss = real(model, *args)
+        calls.append(1)
+        if len(calls) == 3:
+            if what == "loss":
+                return float("nan")
+            with torch.no_grad():
+                next(model.parameters())[0].fill_(float("inf"))
+        return loss
+    monkeypatch.setattr(T, "train_step", step)
+    with pytest.raises(T.TrainingDiverged, match=rf"(?s)non-finite {what}.*step 3.*learning rate"):
+        train(tmp_path)
+    assert len(calls) == 3 and T.list_checkpoints(tmp_path) == [0, 2]
+
+
+def test_analysis_refuses_a_checkpoint_with_non_finite_weights_naming_it(run):
+    """The issue: a checkpoint with NaN weights produced NaN bracket records registered as good in the manifest."""
+    weights = storage.load_tensors(run.weights(4))
+    weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()}
+    storage.atomic_save_tensors(run.weights(4), weights, storage.read_metadata(run.weights(4)))
+    key = run_folder.checkpoint_entry(run, 4)["key"]
+    run_folder.add_checkpoint(run, 4, key)                  # registered as if training had written it
+    with pytest.raises(ValueError, match=r"(?s)checkpoints/step_000004.safetensors.*non-finite"):
+        analyse(run.root)
+    assert "4" not in run_folder.read_manifest(run)["records"]
+    with pytest.raises(ValueError, match=r"step_000004.safetensors.*non-finite"):
+        T.load_checkpoint(run.root, 4, PROFILE)
