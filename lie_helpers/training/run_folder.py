@@ -201,12 +201,14 @@ def sha256(path) -> str:
 
 
 def read_manifest(run) -> dict:
-    """The manifest ({"checkpoints": {step: entry}, "records": {step: entry}}, steps as strings); empty when absent."""
+    """The manifest ({"checkpoints": {step: entry}, "records": {step: entry}, "files": {path: entry}}, steps as
+    strings, paths relative to the run folder); empty when absent."""
     path = _paths(run).manifest
     manifest = storage.read_json(path) if path.exists() else {}
     manifest.setdefault("version", MANIFEST_VERSION)
     manifest.setdefault("checkpoints", {})
     manifest.setdefault("records", {})
+    manifest.setdefault("files", {})
     return manifest
 
 
@@ -307,6 +309,29 @@ def record_problem(run, step: int, key: str) -> str | None:
         return f"{show(path)} was made under another analysis key (other settings or data)"
     if checkpoint is None or entry["checkpoint"] != checkpoint["sha256"]["weights"]:
         return f"{show(path)} summarises another checkpoint {step} than the one now in the run"
+    return file_problem(path, entry["sha256"])
+
+
+def add_file(run, relative: str, key: str) -> None:
+    """List the file `relative` (to the run folder; written) in the manifest with its sha256 and the key it was made
+    under: the study's records (lie_helpers.study.records). Hold the lock."""
+    paths = _paths(run)
+    manifest = read_manifest(paths)
+    manifest["files"][relative] = {"key": key, "sha256": sha256(paths.root / relative)}
+    _write_manifest(paths, manifest)
+
+
+def listed_file_problem(run, relative: str, key: str | None = None) -> str | None:
+    """Why the file `relative` (to the run folder) cannot be used under `key` (None: any key), or None when it can:
+    missing, in no manifest entry, made under another key, or altered since it was listed."""
+    paths = _paths(run)
+    path, entry = paths.root / relative, read_manifest(paths)["files"].get(relative)
+    if not path.exists():
+        return f"{show(path)} is missing"
+    if entry is None:
+        return f"{show(path)} is in no manifest entry of {show(paths.manifest)}"
+    if key is not None and entry["key"] != key:
+        return f"{show(path)} was made under another key (for other examples or weights, or other settings)"
     return file_problem(path, entry["sha256"])
 
 
