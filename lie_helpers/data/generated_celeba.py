@@ -77,6 +77,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import storage
+from .progress import report as report_progress
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, INDEX
 from .faces import DARK_RAMP, DRAWING, HEIGHT, WIDTH, render_face
 from .generated_model import (AMBIGUOUS_POSTERIOR, BAND_SHADE, CELEBA_BASE_RATES, CORRELATED_PAIRS, EXCLUSIVE_GROUPS,
@@ -183,11 +184,13 @@ def _generate_locked(root: Path, n_images: int, seed: int, overwrite: bool, prog
                 for out in pool.map(_render_chunk, jobs):
                     results.extend(out)
                     bar.update(len(out))
+                    report_progress("drawing faces", len(results), n_images, unit="images")
         else:
             for job in jobs:
                 out = _render_chunk(job)
                 results.extend(out)
                 bar.update(len(out))
+                report_progress("drawing faces", len(results), n_images, unit="images")
         bar.close()
         shades = drawn_shades(attrs, hair_z, in_hair)
         _write_text_files(tmp, names, attrs, shades, results, split_sizes(n_images))

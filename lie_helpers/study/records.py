@@ -116,4 +116,4 @@ def train_study_runs(profile: Profile, run_dir, *, shard=(0, 1), progress: bool 
         analyse_study_run(run.profile, run.run_dir, sets[run.seed], splits["test"])
 
     return train_runs(tqdm(runs, desc="study runs", disable=not progress), analyse, check=same_test_images,
-                      progress=False)
+                      progress=False, label="study runs")

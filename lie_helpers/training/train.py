@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import storage
+from ..data.progress import note as note_progress, report as report_progress
 from . import run_folder
 from ..data.attributes import ATTRIBUTES
 from .config import PROFILES, Profile, swap_steps
@@ -145,7 +146,9 @@ def _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device,
 
     model = build_model(profile).to(device)
     optimizer = make_optimizer(model, profile)
+    task = f"training {Path(run_dir).name}"
     if step is not None:
+        note_progress(f"{task}: resuming from the checkpoint at step {step} of {profile.steps}")
         model.load_state_dict(_load(RunPaths(Path(run_dir)).weights(step), run_dir, step))
         _load_optimizer(model, optimizer, _load(RunPaths(Path(run_dir)).optimizer(step), run_dir, step))
     else:
@@ -167,6 +170,7 @@ def _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device,
                                      prepare_inputs(images[idx], device), targets[idx].to(device)))
             step += 1
             _check_finite(profile, run_dir, step, losses[-1], initial_loss, model)
+            report_progress(task, step, profile.steps, f"loss {losses[-1]:.4f}", "steps")
             # refresh=False: the bar redraws at most every mininterval, not every step (a
             # redraw per step floods a notebook's output channel; a notebook runner can then lose messages).
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
