@@ -54,6 +54,7 @@ from torchvision.datasets.utils import check_integrity
 from tqdm.auto import tqdm
 
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, TEXT_FILES
+from .progress import report as report_progress
 from .storage import atomic_save_tensors, load_tensors, read_metadata, remove_stale_temporaries, show
 
 PREPROCESS_VERSION = 1
@@ -65,16 +66,18 @@ OFFICIAL_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 # Messages
 # --------------------------------------------------------------------------------------
 def _fix_text(root) -> str:
+    """How to get data into `root`, with paths as the user can type them where they ran the command (storage.show)."""
+    where = show(root)
     return (
         "To fix this, either\n"
-        f"  * generate CelebA-format data offline: lie_helpers.data.generated_celeba.generate_celeba({str(root)!r}, n_images=4000)\n"
+        f"  * generate CelebA-format data offline: lie_helpers.data.generated_celeba.generate_celeba({where!r}, n_images=4000)\n"
         "    (or use a profile with data_source='generated' and lie_helpers.training.datasets.prepare_data(profile)), or\n"
-        f"  * use real CelebA: CelebAFolder({str(root)!r}, download=True) (needs internet and gdown; Google Drive\n"
+        f"  * use real CelebA: CelebAFolder({where!r}, download=True) (needs internet and gdown; Google Drive\n"
         "    often refuses with a quota error), or download it by hand from the official page\n"
         f"    {OFFICIAL_PAGE}: 'Align&Cropped Images' (img_align_celeba.zip), 'Anno'\n"
         "    (list_attr_celeba.txt, identity_CelebA.txt, list_bbox_celeba.txt, list_landmarks_align_celeba.txt)\n"
         "    and 'Eval' (list_eval_partition.txt); put the text files and the unzipped img_align_celeba/ folder into\n"
-        f"    {Path(root) / BASE_FOLDER}/ so that {Path(root) / BASE_FOLDER / IMAGE_FOLDER / '000001.jpg'} exists."
+        f"    {show(Path(root) / BASE_FOLDER)}/ so that {show(Path(root) / BASE_FOLDER / IMAGE_FOLDER / '000001.jpg')} exists."
     )
 
 
@@ -105,13 +108,13 @@ def check_celeba_folder(root, *, verify_checksums: bool = True) -> Path:
     root = Path(root)
     base = root / BASE_FOLDER
     if not root.is_dir():
-        raise FileNotFoundError(f"Data folder {root} does not exist.\n{_fix_text(root)}")
+        raise FileNotFoundError(f"Data folder {show(root)} does not exist.\n{_fix_text(root)}")
     if not base.is_dir():
         hint = ""
         if (root / IMAGE_FOLDER).is_dir() or (root / "list_attr_celeba.txt").exists():
             hint = (f"\n{root} looks like the celeba/ folder itself: pass its parent folder "
                     f"{root.parent} instead (torchvision reads <root>/celeba/).")
-        raise FileNotFoundError(f"{root} has no '{BASE_FOLDER}/' folder.{hint}\n{_fix_text(root)}")
+        raise FileNotFoundError(f"{show(root)} has no '{BASE_FOLDER}/' folder.{hint}\n{_fix_text(root)}")
     missing = [name for name, _, _ in TEXT_FILES if not (base / name).is_file()]
     image_dir = base / IMAGE_FOLDER
     if not image_dir.is_dir():
@@ -362,10 +365,12 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
                 for i, arr in enumerate(pool.map(lambda p: _decode(p, image_size, generated), paths, chunksize=64)):
                     images[i] = arr
                     bar.update(1)
+                    report_progress(f"decoding {split}", i + 1, n, unit="images")
         else:
             for i, p in enumerate(paths):
                 images[i] = _decode(p, image_size, generated)
                 bar.update(1)
+                report_progress(f"decoding {split}", i + 1, n, unit="images")
     images_t = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     attributes = ds.attr.to(torch.uint8)
     meta = {"fingerprint": fp, "split": split, "image_size": image_size, "preprocess_version": PREPROCESS_VERSION,
