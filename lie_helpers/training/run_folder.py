@@ -1,22 +1,38 @@
 """The run folder: its layout, the manifest that says which files are good, and its lock.
 
     manifest.json                                  what is complete, with content hashes (see below)
-    metrics.json                                   one record per complete checkpoint (lie_helpers.train)
+    metrics.json                                   one record per complete checkpoint (lie_helpers.training.train)
     checkpoints/step_000050.safetensors            model state_dict
     checkpoints/step_000050.optimizer.safetensors  Adam state: the last KEEP_OPTIMIZER_STATES checkpoints and config.swap_steps
     checkpoints/step_000050.json                   metadata: losses, accuracy, profile, data fingerprint
-    brackets/step_000050.safetensors               the bracket record of checkpoint 50 (lie_helpers.analysis)
-    brackets/full/step_000050.safetensors          optional: every full bracket (float16)
-    results/00.json …                              each notebook's key results (lie_helpers.results)
-    figures/, notebooks/, hypothesis/              figures, executed notebooks, notebook 04's runs
+    brackets/step_000050.safetensors               the bracket record of checkpoint 50 (lie_helpers.analysis.records)
+    brackets/full/step_000050.safetensors          optional (save_full_brackets): every full bracket (float16)
+    hypothesis/<loss>-seed<k>/                     notebook 05's side run of another loss (lie_helpers.study.runs):
+                                                   a run folder of its own (manifest, checkpoints/, brackets/, lock)
+    study/<arm>-seed<k>/                           notebook 04's run of one arm and seed (lie_helpers.study.design):
+                                                   a run folder of its own (manifest, checkpoints/, lock) with
+    study/<arm>-seed<k>/study_records/step_000080[.first_order].safetensors
+                                                   its study records (lie_helpers.study.records), in its manifest
+    results/00.json …                              each notebook's key results (lie_helpers.training.results)
+    figures/                                       the figures the notebooks save
+    notebooks/NN_name.ipynb                        the chain's executed notebooks (NN_name.partial.ipynb: a failed
+                                                   or interrupted stage's, kept for debugging)
+    chain_state.json                               the chain's record of each finished stage: its key and the files
+                                                   the manifests listed when it finished (lie_helpers.pipeline.chain)
+    .lock, .lock.holder                            the lock, and who holds it (pid, host, command, since)
+    .progress.jsonl                                while the chain runs a stage: its progress (lie_helpers.data.progress)
 
 The manifest is the one source of truth. A checkpoint is complete when it has an entry
 (written after its files, so a killed write leaves none), holding the sha256 of each file
 and the key it was made under (profile hash and data fingerprint); a bracket record's entry
-holds its sha256, its analysis key and the sha256 of the checkpoint weights it summarises.
+holds its sha256, its analysis key and the sha256 of the checkpoint weights it summarises;
+other files (the study's records) are listed under `files` with their sha256 and key.
 Loaders compare files with their entries: a missing, stray (no checkpoint of that step),
 foreign (other key) or altered (other hash) file is never used silently. Writers hold the
-folder's lock (`lock`), so two processes never write one run folder at once.
+folder's lock (`lock`), so two processes never write one run folder at once; the chain holds
+it for a whole run and hands it to its notebooks' kernels. Taking the lock removes the
+temporary files of writers that were killed (lie_helpers.data.storage); a lock file that is a
+symbolic link is refused.
 """
 from __future__ import annotations
 
@@ -25,6 +41,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import socket
 import sys
 import time
@@ -108,6 +125,10 @@ def _paths(run) -> RunPaths:
 
 # ----------------------------------------------------------------------------- the lock
 
+class LockError(RuntimeError):
+    """The run folder's lock cannot be taken: another process holds it, or the lock file is a link."""
+
+
 @contextlib.contextmanager
 def lock(run, timeout: float | None = None, *, hand_on: bool = False):
     """Hold the run folder's lock; a second writer waits `timeout` seconds (LOCK_WAIT_SECONDS), then refuses, naming
@@ -121,7 +142,7 @@ def lock(run, timeout: float | None = None, *, hand_on: bool = False):
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.lock.is_symlink() or paths.holder.is_symlink():
         link = paths.lock if paths.lock.is_symlink() else paths.holder
-        raise RuntimeError(f"{show(link)} is a symbolic link, not this project's lock file: remove it "
+        raise LockError(f"{show(link)} is a symbolic link, not this project's lock file: remove it "
                            f"(rm {show(link)}) and run again. The run folder's lock is never taken through a link.")
     if _handed_to_us(paths):
         yield
@@ -131,7 +152,7 @@ def lock(run, timeout: float | None = None, *, hand_on: bool = False):
     try:
         file_lock.acquire()
     except filelock.Timeout:
-        raise RuntimeError(
+        raise LockError(
             f"Another process is writing to the run folder {show(paths.root)} ({_holder_text(paths)}; it holds "
             f"{show(paths.lock)}; waited {timeout:g} s). Let it finish and run again (finished work is kept), or use "
             "another run folder.") from None
@@ -139,7 +160,7 @@ def lock(run, timeout: float | None = None, *, hand_on: bool = False):
     previous = os.environ.get(HELD_LOCKS)
     try:
         storage.atomic_write_json(paths.holder, {"pid": os.getpid(), "host": socket.gethostname(), "token": token,
-                                                 "command": " ".join(sys.argv) or sys.executable,
+                                                 "command": shlex.join(getattr(sys, "orig_argv", sys.argv)),
                                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")})
         storage.remove_stale_temporaries(paths.root)
         if hand_on:
@@ -333,6 +354,42 @@ def listed_file_problem(run, relative: str, key: str | None = None) -> str | Non
     if key is not None and entry["key"] != key:
         return f"{show(path)} was made under another key (for other examples or weights, or other settings)"
     return file_problem(path, entry["sha256"])
+
+
+def listed_files(run) -> dict[str, str]:
+    """Every file the manifests of the run folder and of the runs inside it (hypothesis/, study/) list, as
+    {path relative to the run folder: sha256}: what a stage that read the folder depends on (the chain
+    records it when a stage finishes and checks it before calling the stage up to date)."""
+    root = _paths(run).root
+    manifests = [root / "manifest.json"] if (root / "manifest.json").is_file() else []
+    manifests += sorted(p for p in root.glob("*/*/manifest.json") if p.is_file())     # hypothesis/*/, study/*/
+    listed = {}
+    for path in manifests:
+        paths, manifest = RunPaths(path.parent), read_manifest(path.parent)
+        files = {}
+        for step, entry in manifest["checkpoints"].items():
+            parts = {"weights": paths.weights, "optimizer": paths.optimizer, "info": paths.info}
+            files.update({parts[part](int(step)): sha for part, sha in entry["sha256"].items() if part in parts})
+        files.update({paths.record(int(step)): entry["sha256"] for step, entry in manifest["records"].items()})
+        files.update({paths.root / relative: entry["sha256"] for relative, entry in manifest["files"].items()})
+        listed.update({p.relative_to(root).as_posix(): sha for p, sha in files.items()})
+    return dict(sorted(listed.items()))
+
+
+def listed_files_problem(run, files: dict[str, str], hashes: dict | None = None) -> str | None:
+    """The first of `files` ({relative path: sha256}, listed_files) that is missing or altered in the run folder
+    (named as the user can type it), or None; `hashes` caches sha256 by path across calls."""
+    root = _paths(run).root
+    hashes = {} if hashes is None else hashes
+    for relative, expected in files.items():
+        path = root / relative
+        if path not in hashes:
+            hashes[path] = sha256(path) if path.is_file() else None
+        if hashes[path] is None:
+            return f"{show(path)} is missing"
+        if hashes[path] != expected:
+            return f"{show(path)} was altered (its sha256 differs from when the stage ran)"
+    return None
 
 
 def stray_files(run) -> list[Path]:
