@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from lie_helpers.data import generated_celeba
+from lie_helpers.data import generated_celeba, storage
 from lie_helpers.pipeline import chain
 from lie_helpers.pipeline.chain import ChainError, main
 from lie_helpers.training import run_folder
@@ -90,6 +90,12 @@ def test_a_deleted_or_altered_file_makes_its_stage_rerun(repo):
     assert "was altered" in statuses(repo)["01_train"]
     assert [r[1] for r in chain_in(repo)][:2] == ["skipped", "ran"]
     assert set(statuses(repo).values()) == {"up to date"}
+    # A record whose manifest entry is gone is no longer one the stage's readers accept: the stage reruns.
+    manifest = run_folder.read_manifest(paths)
+    del manifest["records"]["0"]
+    storage.atomic_write_json(paths.manifest, manifest)
+    assert "no longer in the manifest" in statuses(repo)["02_brackets"]
+    assert [r[1] for r in chain_in(repo)] == ["skipped", "skipped", "ran"]
 
 
 # ----------------------------------------------------------------------------- item 5

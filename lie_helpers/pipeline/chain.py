@@ -30,9 +30,10 @@ Skipping. A stage's key hashes its cells, its parameters, the key of the previou
 last successful run, and the lie_helpers sources. A stage whose key matches the one
 recorded in `<run folder>/chain_state.json`, whose executed notebook exists, and whose
 files verify is skipped: editing notebook 03 reruns 03 and what follows, not the training
-before it. Its files: when a stage finishes, the chain records every file the run folder's
-manifests then list (checkpoints, bracket records, study records, side runs; with sha256);
-a stage one of whose files is missing or altered is not up to date, and reruns.
+before it. Its files: when a stage finishes, the chain records the files the run folder's
+manifests then list (checkpoints, bracket records, study records, side runs; with sha256),
+less those a later stage wrote; a stage one of whose files is missing, altered or no longer
+in the manifest as it was is not up to date, and reruns (and so do the stages after it).
 
 Guards (lie_helpers.pipeline.preflight). The chain holds the run folder's lock for the whole
 run (the lock training and analysis take, handed to its kernels: a second chain on the same
@@ -56,7 +57,6 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -66,13 +66,13 @@ from papermill.parameterize import parameterize_notebook
 from .. import PACKAGE_DIR, REPO_DIR
 from ..data.storage import SHOW_FROM, atomic_write_bytes, atomic_write_json, json_digest, read_json, show
 from ..training import run_folder
-from ..training.config import PROFILES, get_profile, run_folder_name
+from ..training.config import PROFILES, get_profile
 from ..training.results import results_dir
 from .execution import StageInterrupted, execute
 from .preflight import ChainError, check_data, refuse_links
-from .stages import (KERNEL_NAME, NOTEBOOK_NAME, Stage, as_reference, disk_full_message, failure_message,  # noqa: F401
-                     find_stages, kernel_warning, notebook_cells, notebook_parameters, notebook_profile,
-                     parse_overrides, select_stages)
+from .stages import (KERNEL_NAME, NOTEBOOK_NAME, Plan, Stage, _plan, as_reference, disk_full_message,  # noqa: F401
+                     failure_message, find_stages, kernel_warning, notebook_cells, notebook_parameters,
+                     notebook_profile, parse_overrides, select_stages)
 
 STATE_FILE = "chain_state.json"
 PROGRESS_FILE = ".progress.jsonl"   # the running stage's progress (lie_helpers.data.progress), in the run folder
@@ -149,13 +149,14 @@ def stage_status(stage: Stage, key: str, record: dict | None, run_root, hashes: 
     return f"a file it read changed: {problem}" if problem else "up to date"
 
 
-def stage_statuses(stages, state, parameters, fingerprint, run_root=None) -> list[tuple[Stage, str, str]]:
+def stage_statuses(stages, state, parameters, fingerprint, run_root=None, hashes=None) -> list[tuple[Stage, str, str]]:
     """(stage, key it would run under now, status) for every stage, without running any.
 
     "up to date": its recorded key matches, its executed notebook exists and its files verify (stage_status).
     "upstream changed": it matches its predecessor's last run, but that predecessor will rerun.
     """
-    rows, upstream_stale, previous, hashes = [], False, None, {}
+    rows, upstream_stale, previous = [], False, None
+    hashes = {} if hashes is None else hashes
     for stage in stages:
         key = stage_key(stage, parameters[stage.name], previous, fingerprint)
         record = state["stages"].get(stage.name)
@@ -256,7 +257,8 @@ def _run_locked(profile, plan, selected, figures_dir, force, update_references, 
     fingerprint = package_fingerprint(package_dir)
     state = load_state(run_root)
     state["profile"], state["parameters"] = profile, parameters
-    rows = stage_statuses(stages, state, parameters, fingerprint, run_root)
+    hashes = {}      # what the statuses read of the run folder, until a stage changes it
+    rows = stage_statuses(stages, state, parameters, fingerprint, run_root, hashes)
     statuses = {s.name: status for s, _, status in rows}
     width = max(len(s.name) for s in stages)
     log(f"Chain '{profile}': {len(stages)} notebooks → {show(run_root)}"
@@ -274,7 +276,7 @@ def _run_locked(profile, plan, selected, figures_dir, force, update_references, 
         label = f"[{i}/{len(stages)}] {stage.name:<{width}}"
         key = stage_key(stage, parameters[stage.name], previous, fingerprint)
         record = state["stages"].get(stage.name)
-        status = stage_status(stage, key, record, run_root)
+        status = stage_status(stage, key, record, run_root, hashes)
         if stage.name not in selected:
             if statuses[stage.name] != "up to date" and any(
                     s.name in selected for s in stages[i:]):
@@ -290,6 +292,7 @@ def _run_locked(profile, plan, selected, figures_dir, force, update_references, 
             where[0] = f"in stage {stage.name}"
             seconds = _run_stage(stage, key, parameters[stage.name], state, plan, kernel_name, progress_bar, log,
                                  label)
+            hashes.clear()
             where[0] = f"after stage {stage.name}, before the next"
             results.append((stage.name, "ran", seconds))
         previous = state["stages"].get(stage.name, {}).get("key")
@@ -313,11 +316,12 @@ def _run_locked(profile, plan, selected, figures_dir, force, update_references, 
 def _run_stage(stage: Stage, key: str, parameters: dict, state: dict, plan, kernel_name, progress_bar, log,
                label) -> float:
     """Execute one stage into its partial notebook, then make it the executed one and record the stage (its key
-    and the files the run folder lists now); returns the seconds it took."""
+    and the files it depends on: see _depends_on); returns the seconds it took."""
     run_root = plan.run_root
     refuse_links(run_root, "the run folder")
     log(f"{label}  running …")
     started = time.perf_counter()
+    before = run_folder.listed_files(run_root)
     try:
         # Its old results are about to be overwritten: forget them first, so an
         # interrupted or failed run is never mistaken for a finished one.
@@ -337,14 +341,33 @@ def _run_stage(stage: Stage, key: str, parameters: dict, state: dict, plan, kern
         seconds = time.perf_counter() - started
         state["stages"][stage.name] = {"key": key, "seconds": round(seconds, 1),
                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                       "files": run_folder.listed_files(run_root)}
+                                       "files": _depends_on(stage, state, before, plan)}
         save_state(run_root, state)
     except OSError as err:
         if err.errno == errno.ENOSPC:
             raise ChainError(disk_full_message(stage, err)) from err
         raise ChainError(failure_message(stage, err)) from err
+    finally:
+        if stage.name not in state["stages"]:        # failed or interrupted: what it wrote is still its own
+            with contextlib.suppress(Exception):
+                _depends_on(stage, state, before, plan)
+                save_state(run_root, state)
     log(f"{label}  ran in {seconds:.1f} s")
     return seconds
+
+
+def _depends_on(stage: Stage, state: dict, before: dict, plan) -> dict:
+    """The files (run_folder.listed_files: path -> sha256) a stage that just ran depends on: those the manifests list
+    now, except those a later stage wrote. Who wrote what is kept in state["writers"]: a listed file that is new, or
+    changed, since `before` (the listing when the stage started) was written by this stage; a file whose writer
+    is unknown (made outside the chain, e.g. by `make study`'s processes) counts as a dependency of every stage."""
+    now = run_folder.listed_files(plan.run_root)
+    writers = {path: name for path, name in state.get("writers", {}).items() if path in now}
+    writers.update({path: stage.name for path, sha in now.items() if before.get(path) != sha})
+    state["writers"] = writers
+    order = {s.name: i for i, s in enumerate(plan.stages)}
+    mine = order[stage.name]
+    return {path: sha for path, sha in now.items() if order.get(writers.get(path), -1) <= mine}
 
 
 def list_stages(profile: str = "default", *, notebooks_dir=None, runs_root=None, run_dir=None, overrides=None,
@@ -360,37 +383,6 @@ def list_stages(profile: str = "default", *, notebooks_dir=None, runs_root=None,
         last = f"  (last run {seconds:.1f} s)" if seconds is not None else ""
         log(f"  {stage.name:<{width}}  {status}{last}")
     return [(stage.name, status) for stage, _, status in rows]
-
-
-@dataclass
-class Plan:
-    """What a chain request resolves to, before any work."""
-    notebooks_dir: Path
-    run_root: Path
-    own_folder: bool     # an explicit run_dir: its figures stay there
-    overrides: dict
-    parameters: dict     # stage name -> what that notebook is given
-    stages: list
-
-
-def _plan(profile: str, notebooks_dir, runs_root, run_dir, overrides) -> Plan:
-    """Check the request (profile and settings fail here, before any work) and resolve its folders: the run
-    folder is `run_dir`, else <runs_root>/<run_folder_name>, the folder the notebooks find by themselves."""
-    notebooks_dir = Path(notebooks_dir or REPO_DIR / "notebooks").resolve()
-    runs_root = Path(runs_root or REPO_DIR / "runs").resolve()
-    overrides = dict(overrides or {})
-    try:
-        folder = run_folder_name(profile, overrides)
-    except ValueError as err:
-        raise ChainError(str(err)) from None
-    own_folder = run_dir is not None
-    run_root = Path(run_dir).resolve() if own_folder else runs_root / folder
-    # The notebooks find their run folder as ../runs/<folder> from notebooks/; say so only when it is elsewhere.
-    injected = None if run_root == (notebooks_dir.parent / "runs" / folder).resolve() else run_root
-    wanted = get_profile(profile, **overrides).stages     # the profile's notebooks (config.Profile.stages)
-    stages = [s for s in find_stages(notebooks_dir, run_root) if not wanted or s.number in wanted]
-    parameters = {s.name: notebook_parameters(profile, overrides, injected, notebook_profile(s.source)) for s in stages}
-    return Plan(notebooks_dir, run_root, own_folder, overrides, parameters, stages)
 
 
 def parameterised_copies(profile: str, dest, *, notebooks_dir=None, runs_root=None, run_dir=None,

@@ -16,7 +16,9 @@ from pathlib import Path
 from jupyter_client.kernelspec import KernelSpecManager
 from papermill.exceptions import PapermillExecutionError
 
+from .. import REPO_DIR
 from ..data.storage import atomic_write_bytes, show
+from ..training.config import get_profile, run_folder_name
 from .preflight import ChainError
 
 NOTEBOOK_NAME = re.compile(r"^(\d\d)_.+\.ipynb$")
@@ -176,3 +178,34 @@ def as_reference(executed: Path, target: Path) -> None:
         for key in ("papermill", "execution"):
             cell.get("metadata", {}).pop(key, None)
     atomic_write_bytes(target, (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+@dataclass
+class Plan:
+    """What a chain request resolves to, before any work."""
+    notebooks_dir: Path
+    run_root: Path
+    own_folder: bool     # an explicit run_dir: its figures stay there
+    overrides: dict
+    parameters: dict     # stage name -> what that notebook is given
+    stages: list
+
+
+def _plan(profile: str, notebooks_dir, runs_root, run_dir, overrides) -> Plan:
+    """Check the request (profile and settings fail here, before any work) and resolve its folders: the run
+    folder is `run_dir`, else <runs_root>/<run_folder_name>, the folder the notebooks find by themselves."""
+    notebooks_dir = Path(notebooks_dir or REPO_DIR / "notebooks").resolve()
+    runs_root = Path(runs_root or REPO_DIR / "runs").resolve()
+    overrides = dict(overrides or {})
+    try:
+        folder = run_folder_name(profile, overrides)
+    except ValueError as err:
+        raise ChainError(str(err)) from None
+    own_folder = run_dir is not None
+    run_root = Path(run_dir).resolve() if own_folder else runs_root / folder
+    # The notebooks find their run folder as ../runs/<folder> from notebooks/; say so only when it is elsewhere.
+    injected = None if run_root == (notebooks_dir.parent / "runs" / folder).resolve() else run_root
+    wanted = get_profile(profile, **overrides).stages     # the profile's notebooks (config.Profile.stages)
+    stages = [s for s in find_stages(notebooks_dir, run_root) if not wanted or s.number in wanted]
+    parameters = {s.name: notebook_parameters(profile, overrides, injected, notebook_profile(s.source)) for s in stages}
+    return Plan(notebooks_dir, run_root, own_folder, overrides, parameters, stages)

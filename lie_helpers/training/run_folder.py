@@ -377,12 +377,17 @@ def listed_files(run) -> dict[str, str]:
 
 
 def listed_files_problem(run, files: dict[str, str], hashes: dict | None = None) -> str | None:
-    """The first of `files` ({relative path: sha256}, listed_files) that is missing or altered in the run folder
-    (named as the user can type it), or None; `hashes` caches sha256 by path across calls."""
+    """The first of `files` ({relative path: sha256}, listed_files) that the manifests no longer list as it was, or
+    that is missing or altered in the run folder (named as the user can type it), or None. `hashes` caches what
+    is read (sha256 by path, the listing under None) across calls: clear it when the folder changes."""
     root = _paths(run).root
     hashes = {} if hashes is None else hashes
+    if None not in hashes:
+        hashes[None] = listed_files(root)
     for relative, expected in files.items():
         path = root / relative
+        if hashes[None].get(relative) != expected:
+            return f"{show(path)} is no longer in the manifest as it was (its entry was removed or changed)"
         if path not in hashes:
             hashes[path] = sha256(path) if path.is_file() else None
         if hashes[path] is None:
