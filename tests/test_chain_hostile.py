@@ -150,7 +150,11 @@ def test_planted_links_in_the_run_folder_are_refused(repo, tmp_path_factory):
     with pytest.raises(ChainError, match=r"figures is a symbolic link inside the run folder.*remove it"):
         chain_in(repo, only="02")
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
-    assert [r["stage"] for r in runs(repo)] == ["00_data"]
+    (repo / "runs" / "default" / "figures").unlink()
+    (repo / "figures" / "brackets.png").symlink_to(victim)             # a link where the chain copies a figure
+    with pytest.raises(ChainError, match=r"brackets.png is a symbolic link inside figures/"):
+        chain_in(repo, only="02")
+    assert victim.read_text() == "keep me" and [r["stage"] for r in runs(repo)] == ["00_data"]
 
 
 # ----------------------------------------------------------------------------- item 7
@@ -236,16 +240,19 @@ class Chain:
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True, **kwargs)
 
-    def interrupt_when(self, ready, timeout=300) -> float:
-        """SIGINT to the chain's process group (a terminal's Ctrl-C) once ready(stdout) holds; the seconds until the
-        chain exited (60 and a SIGKILL when it does not)."""
+    def interrupt_when(self, ready, timeout=300, signum=signal.SIGINT) -> float:
+        """SIGINT to the chain's process group (a terminal's Ctrl-C), or `signum` to the chain alone, once
+        ready(stdout) holds; the seconds until the chain exited (60 and a SIGKILL when it does not)."""
         started = time.time()
         while not ready(self.out.read_text()):
             assert self.proc.poll() is None, f"the chain ended first:\n{self.out.read_text()}\n{self.err.read_text()}"
             assert time.time() - started < timeout, f"never ready:\n{self.out.read_text()}\n{self.err.read_text()}"
             time.sleep(0.2)
         sent = time.monotonic()
-        os.killpg(self.proc.pid, signal.SIGINT)
+        if signum == signal.SIGINT:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            os.kill(self.proc.pid, signum)
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -262,21 +269,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def test_ctrl_c_stops_a_stage_whose_cell_ignores_it_within_seconds(repo):
-    """The issue: SIGINT to the chain and its process group went unheard (the notebook client's own SIGINT handler);
-    here even a cell that swallows KeyboardInterrupt is stopped: its kernel is killed after a grace period."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_a_stage_whose_cell_ignores_it_within_seconds(repo, signum):
+    """The issue: SIGINT to the chain and its process group went unheard (the notebook client's own SIGINT handler),
+    and SIGTERM stopped it silently; here even a cell that swallows KeyboardInterrupt is stopped (its kernel is
+    killed after a grace period), with the chain's message."""
     write_notebook(repo / "notebooks" / "01_train.ipynb", repo / "log.jsonl", body=STUBBORN)
     chain_run = Chain([sys.executable, "-m", "lie_helpers.chain", "--root", str(repo), "--no-progress-bar"], repo,
                       cwd=repo)
     kernel = repo / "kernel.pid"
     try:
-        seconds = chain_run.interrupt_when(lambda out: (repo / "spinning").exists())
+        seconds = chain_run.interrupt_when(lambda out: (repo / "spinning").exists(), signum=signum)
     finally:
         if kernel.exists() and _pid_alive(int(kernel.read_text())):
             os.kill(int(kernel.read_text()), signal.SIGKILL)       # the test failed: leave no kernel spinning
             pytest.fail("the kernel outlived the chain")
     out, err = chain_run.out.read_text(), chain_run.err.read_text()
-    print(f"stopped {seconds:.1f} s after SIGINT")
+    print(f"stopped {seconds:.1f} s after {signal.Signals(signum).name}")
     assert chain_run.proc.returncode == 130 and seconds < 15, (seconds, err)
     assert "a stubborn cell" in out and "spinning: 1 of 1000000 turns" in out    # notes and progress reach the terminal
     assert "Chain interrupted in stage 01_train (last progress: spinning:" in err
