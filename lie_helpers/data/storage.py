@@ -84,7 +84,8 @@ def remove_stale_temporaries(folder, recursive: bool = True) -> list[Path]:
     if not folder.is_dir():
         return []
     removed, now = [], time.time()
-    for path in (folder.rglob("*.tmp") if recursive else folder.glob("*.tmp")):
+    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]     # os.walk follows no link
+    for path in (Path(top) / name for top, _, names in walk for name in names if name.endswith(".tmp")):
         found = TEMPORARY.match(path.name)
         if not found or path.is_symlink() or not path.is_file():
             continue
