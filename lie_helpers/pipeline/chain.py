@@ -254,6 +254,7 @@ def _held(run_root: Path):
 def _run_locked(profile, plan, selected, figures_dir, force, update_references, package_dir, kernel_name,
                 progress_bar, log, where) -> list:
     notebooks_dir, run_root, parameters, stages = plan.notebooks_dir, plan.run_root, plan.parameters, plan.stages
+    where[0] = "before the first stage (checking which stages are up to date)"
     fingerprint = package_fingerprint(package_dir)
     state = load_state(run_root)
     state["profile"], state["parameters"] = profile, parameters
