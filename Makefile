@@ -82,7 +82,12 @@ gpu-check: setup
 clean-runs:
 	rm -rf runs/
 
-# Standard library only (run as a script, not -m): needs no .venv.
+# Standard library only (run as a script, not -m): needs no .venv. REPO reaches the script through the
+# environment, unexpanded ($(value ...)) and quoted, so no character of it is ever read by make or the shell as code;
+# publish.py then accepts only GitHub's owner/name grammar.
+# (unexport: make would otherwise expand the command line's REPO to put it into every recipe's environment.)
+unexport REPO
+publish-links: export PUBLISH_LINKS_REPO := $(value REPO)
 publish-links:
-	@[ -n "$(REPO)" ] || { echo "Give the repository's GitHub address: make publish-links REPO=owner/name" >&2; exit 2; }
-	$(PYTHON) lie_helpers/pipeline/publish.py $(REPO)
+	@[ -n "$$PUBLISH_LINKS_REPO" ] || { echo "Give the repository's GitHub address: make publish-links REPO=owner/name" >&2; exit 2; }
+	@$(PYTHON) lie_helpers/pipeline/publish.py "$$PUBLISH_LINKS_REPO"

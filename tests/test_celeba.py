@@ -445,3 +445,88 @@ def test_a_profile_with_a_band_generates_and_uses_its_own_data(tmp_path):
     assert "noise_bands" not in generated_celeba.read_ground_truth(tmp_path / "generated-n24-seed0")
     s = datasets.load_profile_split(banded, "train", progress=False)
     assert s.fingerprint != datasets.load_profile_split(plain, "train", progress=False).fingerprint
+
+
+# ---------------------------------------------------------------------------- issue 18, item 2: concurrent generation
+
+_RACER = """
+import json, os, sys, time
+from pathlib import Path
+from lie_helpers.data import celeba, generated_celeba
+real = generated_celeba._render_chunk
+generated_celeba._render_chunk = lambda job: (time.sleep(2), real(job))[1]     # slow drawing: the two overlap
+root, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+while not (root.parent / f"go-{me}").exists():
+    time.sleep(0.05)
+try:
+    generated_celeba.generate_celeba(root, 60, 0, progress=False)
+    target = root / "celeba"
+    inode = target.stat().st_ino
+    (root.parent / f"done-{me}").touch()
+    waited = time.time()
+    while not (root.parent / f"done-{other}").exists() and time.time() - waited < 120:
+        time.sleep(0.1)
+    celeba.load_split(root, "train", 16, verify_checksums=False, cache_dir=root.parent / f"cache-{me}", progress=False)
+    print(json.dumps({"replaced": target.stat().st_ino != inode}))
+except BaseException as err:
+    (root.parent / f"done-{me}").touch()
+    print(json.dumps({"error": f"{type(err).__name__}: {err}"}))
+"""
+
+
+def test_concurrent_generation_never_replaces_a_finished_folder_under_a_reader(tmp_path):
+    """The issue: `make study`'s two shards both generated the data; the second replaced the folder the first had
+    finished and was reading ("Image … is missing. Re-download …"). Two processes call generate_celeba(root, 60, 0)
+    0.5 s apart: one generates, the other waits for it and uses its folder."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    root = tmp_path / "data"
+    procs = {me: subprocess.Popen([sys.executable, "-c", _RACER, str(root), me, other], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env)
+             for me, other in (("a", "b"), ("b", "a"))}
+    (tmp_path / "go-a").touch()
+    time.sleep(0.5)
+    (tmp_path / "go-b").touch()
+    outcomes = {}
+    for me, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        outcomes[me] = json.loads(out.strip().splitlines()[-1])
+    assert outcomes == {"a": {"replaced": False}, "b": {"replaced": False}}, outcomes
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".celeba.partial")]
+
+
+def test_a_finished_folder_is_never_replaced_without_overwrite(gen, tmp_path, monkeypatch):
+    """Even when the folder appears while this process draws (another generator finished first), it is used, not
+    replaced; overwrite=True replaces it."""
+    root = tmp_path / "data"
+    real = generated_celeba._render_chunk
+
+    def other_process_finishes_first(job):
+        out = real(job)
+        if not (root / "celeba").exists():
+            shutil.copytree(gen / "celeba", root / "celeba")
+            (root / "celeba" / "marker").touch()
+        return out
+    monkeypatch.setattr(generated_celeba, "_render_chunk", other_process_finishes_first)
+    generated_celeba.generate_celeba(root, N, 0, progress=False)
+    assert (root / "celeba" / "marker").exists()
+
+
+def test_a_missing_image_of_generated_data_says_to_regenerate_even_when_the_folder_is_gone(copy, tmp_path, monkeypatch):
+    """The issue: the shard whose folder was replaced was told to re-download the image from the official CelebA page."""
+    real = celeba._decode
+
+    def folder_removed_meanwhile(path, *args):
+        shutil.rmtree(copy / "celeba", ignore_errors=True)
+        return real(path, *args)
+    monkeypatch.setattr(celeba, "_decode", folder_removed_meanwhile)
+    with pytest.raises(FileNotFoundError, match="is missing") as err:
+        celeba.load_split_tensors(copy, "test", 16, verify_checksums=False, cache_dir=tmp_path, progress=False,
+                                  workers=1)
+    assert "GENERATED" in str(err.value) and "official CelebA page" not in str(err.value)

@@ -99,3 +99,31 @@ def test_make_publish_links_runs_the_script_without_the_package(tmp_path):
     assert publish.PLACEHOLDER not in (root / "README.md").read_text(encoding="utf-8")
     missing = subprocess.run(["make", "-s", "publish-links"], cwd=root, capture_output=True, text=True)
     assert missing.returncode != 0 and "REPO=owner/name" in missing.stderr
+
+
+# ---------------------------------------------------------------- issue 18, item 4: no shell code from REPO
+
+@pytest.mark.parametrize("repo", ["a/b; touch planted", "a/b`touch planted`", "a/b$$(touch planted)",
+                                  "$(shell touch planted)", "a/b' ; touch planted ; echo '", 'a/b" ; touch planted ; "'])
+def test_make_publish_links_never_runs_shell_code_from_repo(tmp_path, repo):
+    root = copy_checkout(tmp_path)
+    shutil.copy(REPO / "Makefile", root / "Makefile")
+    before = (root / "README.md").read_text(encoding="utf-8")
+    done = subprocess.run(["make", "-s", "publish-links", f"REPO={repo}", "PYTHON=python3 -I"], cwd=root,
+                          capture_output=True, text=True)
+    assert not (root / "planted").exists(), f"shell code in REPO ran: {repo!r}"
+    assert done.returncode != 0 and "owner/name" in done.stderr
+    assert (root / "README.md").read_text(encoding="utf-8") == before
+
+
+@pytest.mark.parametrize("address", ["-alice/x", "alice-/x", "al--ice/x", "a" * 40 + "/x", "alice/" + "x" * 101,
+                                     "alice/.", "alice/..", "alice/x\n", "alice/x y", "alice/ä", "alice_b/x"])
+def test_publish_links_accepts_only_githubs_owner_name_grammar(tmp_path, address):
+    with pytest.raises(ValueError, match="owner/name"):
+        publish.publish_links(address, root=copy_checkout(tmp_path))
+
+
+def test_publish_links_accepts_githubs_edge_cases(tmp_path):
+    root = copy_checkout(tmp_path)
+    for address in ("a/b", "a-b-c/x.y_z-1", "A" * 39 + "/" + "n" * 100, "alice/.github"):
+        publish.publish_links(address, root=root)

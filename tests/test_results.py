@@ -103,3 +103,66 @@ def test_a_broken_engine_fails_the_check(monkeypatch):
     outcomes = results.check_results({"00.remainder_slope": broken.slope},
                                      {"00.remainder_slope": checks["00.remainder_slope"]})
     assert not outcomes[0].passed, broken.slope
+
+
+# ---------------------------------------------------------------- issue 18, item 6: a checker that cannot pass what it should fail
+
+@pytest.mark.parametrize("check, value", [
+    ({"min": 0.9}, math.inf),                    # inf ≥ 0.9 passed
+    ({"max": 1e-12}, -math.inf),                 # -inf ≤ 1e-12 passed
+    ({"min": 0.0, "max": 1.0}, [0.5, math.inf]),
+    ({"value": 1.0, "abs": 0.1}, math.inf),
+    ({"log10": 1.0, "factor": 10}, math.inf),
+    ({"equals": 3}, math.nan),
+])
+def test_non_finite_values_fail_every_check(check, value):
+    assert not results.check_results({"01.x": value}, {"01.x": check})[0].passed
+
+
+def test_a_check_may_say_that_non_finite_values_pass():
+    check = {"max": 1e-12, "allow_nonfinite": True, "measured": "x"}
+    assert results.check_results({"01.x": -math.inf}, {"01.x": check})[0].passed
+    assert not results.check_results({"01.x": 1.0}, {"01.x": check})[0].passed
+
+
+def write_checks(tmp_path, text):
+    path = tmp_path / "checks.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ('["01.x"]\nmxa = 1.1\nmin = 0.9\nmeasured = "x"\n', r"01\.x.*unknown key.*mxa"),       # a misspelled bound
+    ('["01.x"]\nvalue = 1.0\nabs = 0.1\nmax = 1.1\nmeasured = "x"\n', r"01\.x.*max"),     # a max beside value
+    ('["01.x"]\nvalue = 1.0\nabs = inf\nmeasured = "x"\n', r"01\.x.*abs.*finite"),       # abs = inf passes anything
+    ('["01.x"]\nmin = nan\nmeasured = "x"\n', r"01\.x.*min.*finite"),
+    ('["01.x"]\nlog10 = 1.0\nfactor = 10\nmin = 0\nmeasured = "x"\n', r"01\.x.*min"),
+    ('["01.x"]\nmin = 2\nmax = 1\nmeasured = "x"\n', r"01\.x.*min.*max"),
+    ('["01.x"]\nvalue = "1"\nabs = 0.1\nmeasured = "x"\n', r"01\.x.*value.*number"),
+    ('["01.x"]\nlog10 = 1.0\nfactor = 0.5\nmeasured = "x"\n', r"01\.x.*factor"),
+    ('["01.x"]\nvalue = 1.0\nabs = -0.1\nmeasured = "x"\n', r"01\.x.*abs"),
+    ('x = 1\n', r"'x'.*table"),
+])
+def test_the_schema_is_strict_and_names_the_check_and_the_key(tmp_path, text, message):
+    path = write_checks(tmp_path, text)
+    with pytest.raises(ValueError, match=message) as err:
+        results.load_checks(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["", "# only comments\n", '["01.x"\nmin = 1\n', "\xff\xfe"])
+def test_an_empty_or_unreadable_checks_file_is_an_error_naming_the_file(tmp_path, text, capsys):
+    path = tmp_path / "checks.toml"
+    path.write_bytes(text.encode("latin-1"))
+    results.record(tmp_path, "01", x=1.0)
+    with pytest.raises(ValueError, match=str(path)):
+        results.load_checks(path)
+    assert results.main([str(tmp_path), "--checks", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "Traceback" not in err
+
+
+def test_a_missing_checks_file_is_an_error_naming_the_file(tmp_path, capsys):
+    results.record(tmp_path, "01", x=1.0)
+    assert results.main([str(tmp_path), "--checks", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml" in capsys.readouterr().err

@@ -138,3 +138,60 @@ def test_shards_split_the_runs_disjointly_and_balance_their_cost():
 def test_the_old_readout_is_relative_to_its_median_attribute():
     magnitudes = torch.rand(40, dtype=torch.float64) + 0.1
     assert np.median(old_readout._relative(magnitudes.log10())) == pytest.approx(0, abs=1e-12)
+
+
+# ---------------------------------------------------------------- issue 18, item 1: study records are hash-checked
+
+def _flip_tensor_bytes(path):
+    """Change a few low-order mantissa bytes of the tensor data (same size, still finite, still parses)."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    for k in range(start, len(data) - 4, 4 * max(1, (len(data) - start) // 64)):
+        data[k] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def test_an_altered_study_record_is_refused_by_the_reader_and_recomputed_by_the_study(tiny, tmp_path, capsys):
+    """The issue: bytes flipped (same size) in study_records/step_000080.safetensors were used silently by notebook 04
+    (its contrasts and detection AUROC changed): study_records/ was in no manifest."""
+    import shutil
+    from lie_helpers.training import run_folder
+
+    P, root, arms, shares, _, _, profiles, _ = tiny
+    copy = tmp_path / "study-run"
+    shutil.copytree(root, copy)
+    arm, seed, step = arms[0], P.seeds[0], design.record_steps(P)[-1]
+    arm_dir = design.arm_run_dir(copy, arm, seed)
+    sets, _ = design.study_sets(P)
+    manifest = run_folder.read_manifest(arm_dir)
+    assert {f"study_records/step_{step:06d}.safetensors", f"study_records/step_{step:06d}.first_order.safetensors"} \
+        <= set(manifest["files"])                                       # listed, with their sha256
+    for path in (records.record_path(arm_dir, step), records.first_order_path(arm_dir, step)):
+        size = path.stat().st_size
+        _flip_tensor_bytes(path)
+        assert path.stat().st_size == size
+        with pytest.raises(ValueError, match=rf"{path.name} was altered.*python -m lie_helpers.study"):
+            old_readout.run_profile(P, copy, arm, seed, sets[seed])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(design, "study_arms", lambda profile: arms)
+            records.train_study_runs(P, copy, progress=False)          # what notebook 04 runs: recomputes it
+        assert f"Recomputing study record(s) that do not verify: {path.name}" in capsys.readouterr().out.replace(
+            str(path), path.name)
+        again = old_readout.run_profile(P, copy, arm, seed, sets[seed])
+        original = next(p for p in profiles[arm.name] if p.seed == seed)
+        np.testing.assert_allclose(again.pooled, original.pooled, rtol=1e-6)
+        np.testing.assert_allclose(again.first_order, original.first_order, rtol=1e-6)
+    # the primary readout's source record, and the known-answer controls, are listed and checked the same way
+    source = source_records.source_record_path(arm_dir, step)
+    assert f"study_records/{source.name}" in run_folder.read_manifest(arm_dir)["files"]
+    assert "study/controls.json" in run_folder.read_manifest(copy)["files"]
+    _flip_tensor_bytes(source)
+    with pytest.raises(ValueError, match=rf"{source.name} was altered"):
+        contrasts.run_shares(P, copy, arm, seed, sets[seed])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(design, "study_arms", lambda profile: arms)
+        records.train_study_runs(P, copy, progress=False)
+    assert "Recomputing a source record that does not verify" in capsys.readouterr().out
+    again = contrasts.run_shares(P, copy, arm, seed, sets[seed])
+    original = next(r for r in shares[arm.name] if r.seed == seed)
+    assert again.self == pytest.approx(original.self, rel=1e-6)

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from ..engine.brackets import gradient, hvp, lie_bracket, pushforward, swap_difference
 from ..engine.numerics import cosine, rms
+from ..data.progress import report as report_progress
 from ..training.config import Profile, swap_steps
 from ..training.losses import get_loss
 from ..training.train import default_device, epoch_order, load_training_state, prepare_inputs
@@ -259,6 +260,7 @@ def measure_run(profile: Profile, run_dir, train_data, fixed_batch: torch.Tensor
                 swaps.append(measure_swap(model, optimizer, loss_fn, batches, batch, profile.lr, step,
                                           pair.ambiguous))
                 bar.update(1)
+                report_progress("real swaps", len(swaps), bar.total, f"step {step}", "swaps")
     return swaps
 
 

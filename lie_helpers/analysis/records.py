@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from . import adam_records, first_order
 from ..data import storage
+from ..data.progress import report as report_progress
 from ..training import run_folder
 from ..engine.brackets import (PAIRS_PER_CALL, BracketMatrix, bracket_matrix, bracket_mode, checked_pairs_per_call,
                        parameters_of, pushforward, rms_per_tensor)
@@ -185,9 +186,12 @@ def analyse_run(profile: Profile, test_data, *, run_dir=None, fingerprint: str, 
     with run_folder.lock(paths):
         key, steps, todo = records_to_compute(paths, profile, fingerprint, adam)
         inputs = record_inputs(profile, test_data, device, pairs_per_call, adam=adam)
-        for step in tqdm(todo, desc="brackets", disable=not progress):
+        task = f"bracket records of {paths.root.name}"
+        report_progress(task, 0, len(todo), unit="checkpoints")
+        for done, step in enumerate(tqdm(todo, desc="brackets", disable=not progress), 1):
             store_record(paths, profile, step, key, inputs)
             run_folder.add_record(paths, step, key)
+            report_progress(task, done, len(todo), f"step {step}", "checkpoints")
     return steps
 
 

@@ -54,7 +54,8 @@ from torchvision.datasets.utils import check_integrity
 from tqdm.auto import tqdm
 
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, TEXT_FILES
-from .storage import atomic_save_tensors, load_tensors, read_metadata, show
+from .progress import report as report_progress
+from .storage import atomic_save_tensors, load_tensors, read_metadata, remove_stale_temporaries, show
 
 PREPROCESS_VERSION = 1
 SPLITS = ("train", "valid", "test", "all")
@@ -65,16 +66,18 @@ OFFICIAL_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 # Messages
 # --------------------------------------------------------------------------------------
 def _fix_text(root) -> str:
+    """How to get data into `root`, with paths as the user can type them where they ran the command (storage.show)."""
+    where = show(root)
     return (
         "To fix this, either\n"
-        f"  * generate CelebA-format data offline: lie_helpers.data.generated_celeba.generate_celeba({str(root)!r}, n_images=4000)\n"
+        f"  * generate CelebA-format data offline: lie_helpers.data.generated_celeba.generate_celeba({where!r}, n_images=4000)\n"
         "    (or use a profile with data_source='generated' and lie_helpers.training.datasets.prepare_data(profile)), or\n"
-        f"  * use real CelebA: CelebAFolder({str(root)!r}, download=True) (needs internet and gdown; Google Drive\n"
+        f"  * use real CelebA: CelebAFolder({where!r}, download=True) (needs internet and gdown; Google Drive\n"
         "    often refuses with a quota error), or download it by hand from the official page\n"
         f"    {OFFICIAL_PAGE}: 'Align&Cropped Images' (img_align_celeba.zip), 'Anno'\n"
         "    (list_attr_celeba.txt, identity_CelebA.txt, list_bbox_celeba.txt, list_landmarks_align_celeba.txt)\n"
         "    and 'Eval' (list_eval_partition.txt); put the text files and the unzipped img_align_celeba/ folder into\n"
-        f"    {Path(root) / BASE_FOLDER}/ so that {Path(root) / BASE_FOLDER / IMAGE_FOLDER / '000001.jpg'} exists."
+        f"    {show(Path(root) / BASE_FOLDER)}/ so that {show(Path(root) / BASE_FOLDER / IMAGE_FOLDER / '000001.jpg')} exists."
     )
 
 
@@ -82,8 +85,10 @@ def _is_generated(root) -> bool:
     return (Path(root) / BASE_FOLDER / GROUND_TRUTH).exists()
 
 
-def _regenerate_or_redownload(root) -> str:
-    if _is_generated(root):
+def _regenerate_or_redownload(root, generated: bool | None = None) -> str:
+    """The fix for a missing or corrupt file: draw generated data anew, download real data again. `generated`: what
+    the folder held when reading began (None: look now; a folder removed meanwhile no longer says)."""
+    if _is_generated(root) if generated is None else generated:
         return (f"This folder holds GENERATED data: delete the folder {show(Path(root) / BASE_FOLDER)} and run "
                 "again (prepare_data, load_profile_split or generate_celeba draws it anew; notebook 01 does).")
     return (f"Re-download the file from the official CelebA page {OFFICIAL_PAGE} ('Anno' and 'Eval' folders) "
@@ -103,13 +108,13 @@ def check_celeba_folder(root, *, verify_checksums: bool = True) -> Path:
     root = Path(root)
     base = root / BASE_FOLDER
     if not root.is_dir():
-        raise FileNotFoundError(f"Data folder {root} does not exist.\n{_fix_text(root)}")
+        raise FileNotFoundError(f"Data folder {show(root)} does not exist.\n{_fix_text(root)}")
     if not base.is_dir():
         hint = ""
         if (root / IMAGE_FOLDER).is_dir() or (root / "list_attr_celeba.txt").exists():
             hint = (f"\n{root} looks like the celeba/ folder itself: pass its parent folder "
                     f"{root.parent} instead (torchvision reads <root>/celeba/).")
-        raise FileNotFoundError(f"{root} has no '{BASE_FOLDER}/' folder.{hint}\n{_fix_text(root)}")
+        raise FileNotFoundError(f"{show(root)} has no '{BASE_FOLDER}/' folder.{hint}\n{_fix_text(root)}")
     missing = [name for name, _, _ in TEXT_FILES if not (base / name).is_file()]
     image_dir = base / IMAGE_FOLDER
     if not image_dir.is_dir():
@@ -210,6 +215,12 @@ class CelebAFolder(CelebA):
         if bad:
             raise self._corrupt("list_attr_celeba.txt", f"attribute values must be exactly -1 or 1; {bad}")
 
+    @property
+    def generated(self) -> bool:
+        if not hasattr(self, "_generated"):
+            self._generated = _is_generated(self.root)
+        return self._generated
+
     def image_path(self, index: int) -> Path:
         return Path(self.root) / self.base_folder / IMAGE_FOLDER / self.filename[index]
 
@@ -219,7 +230,7 @@ class CelebAFolder(CelebA):
             if isinstance(image, Image.Image):
                 image.load()
         except (OSError, SyntaxError, ValueError) as err:
-            raise _bad_image(self.image_path(index), err) from err
+            raise _bad_image(self.image_path(index), err, self.generated) from err
         return image, target
 
 
@@ -240,12 +251,14 @@ def bad_attribute_value(path) -> str | None:
     return None
 
 
-def _bad_image(path: Path, err: Exception) -> Exception:
+def _bad_image(path: Path, err: Exception, generated: bool | None = None) -> Exception:
+    """The error for an image that is missing or cannot be decoded; `generated` as in _regenerate_or_redownload."""
     root = path.parent.parent.parent
+    generated = _is_generated(root) if generated is None else generated
     if isinstance(err, FileNotFoundError):
-        return FileNotFoundError(f"Image {path} is missing. {_regenerate_or_redownload(root)}")
-    return ValueError(f"Image {path} cannot be decoded ({type(err).__name__}: {err}); the file is corrupt. "
-                      + (_regenerate_or_redownload(root) if _is_generated(root) else
+        return FileNotFoundError(f"Image {show(path)} is missing. {_regenerate_or_redownload(root, generated)}")
+    return ValueError(f"Image {show(path)} cannot be decoded ({type(err).__name__}: {err}); the file is corrupt. "
+                      + (_regenerate_or_redownload(root, generated) if generated else
                          f"Re-extract it from img_align_celeba.zip ('Align&Cropped Images' on {OFFICIAL_PAGE})."))
 
 
@@ -271,7 +284,7 @@ def data_fingerprint(data_dir) -> str:
     return h.hexdigest()[:16]
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
+def _decode(path: Path, size: int, generated: bool | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -282,7 +295,7 @@ def _decode(path: Path, size: int) -> np.ndarray:
             im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as err:
-        raise _bad_image(path, err) from err
+        raise _bad_image(path, err, generated) from err
 
 
 def _remove_stale_caches(cache_dir: Path, stem: str, keep: Path, source: str) -> None:
@@ -319,6 +332,7 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}.")
     base = check_celeba_folder(data_dir, verify_checksums=verify_checksums)
+    generated = _is_generated(data_dir)      # what the folder holds now names the fix of a file missing later
     fp = data_fingerprint(data_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
     stem = f"celeba-{split}-{image_size}px-p{PREPROCESS_VERSION}"
@@ -339,7 +353,7 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} image(s) of split '{split}' are missing from {image_dir}, e.g. {', '.join(missing[:5])}. "
-            + _regenerate_or_redownload(data_dir))
+            + _regenerate_or_redownload(data_dir, generated))
     n = len(ds.filename)
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     workers = workers or min(8, os.cpu_count() or 1)
@@ -348,13 +362,15 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
     with tqdm(total=n, desc=f"Decoding CelebA {split} at {image_size}px", unit="img", disable=not progress) as bar:
         if workers > 1 and n > 64:
             with ThreadPoolExecutor(workers) as pool:
-                for i, arr in enumerate(pool.map(lambda p: _decode(p, image_size), paths, chunksize=64)):
+                for i, arr in enumerate(pool.map(lambda p: _decode(p, image_size, generated), paths, chunksize=64)):
                     images[i] = arr
                     bar.update(1)
+                    report_progress(f"decoding {split}", i + 1, n, unit="images")
         else:
             for i, p in enumerate(paths):
-                images[i] = _decode(p, image_size)
+                images[i] = _decode(p, image_size, generated)
                 bar.update(1)
+                report_progress(f"decoding {split}", i + 1, n, unit="images")
     images_t = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     attributes = ds.attr.to(torch.uint8)
     meta = {"fingerprint": fp, "split": split, "image_size": image_size, "preprocess_version": PREPROCESS_VERSION,
@@ -362,6 +378,7 @@ def load_split(data_dir, split: str, image_size: int, *, verify_checksums: bool 
             "source": str(data_dir.resolve()), "filenames": json.dumps(list(ds.filename)),
             "attribute_names": json.dumps(list(ATTRIBUTES)),
             "decode_seconds": f"{time.perf_counter() - started:.2f}"}
+    remove_stale_temporaries(cache_dir, recursive=False)   # of killed writers of this cache
     atomic_save_tensors(path, {"images": images_t, "attributes": attributes}, meta)
     _remove_stale_caches(cache_dir, stem, path, meta["source"])
     return SplitTensors(images_t, attributes.to(torch.int64), list(ds.filename), fp, split, image_size)

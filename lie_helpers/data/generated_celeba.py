@@ -63,6 +63,7 @@ expectation.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -71,10 +72,12 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import filelock
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import storage
+from .progress import report as report_progress
 from .attributes import ATTRIBUTES, BASE_FOLDER, GROUND_TRUTH, IMAGE_FOLDER, INDEX
 from .faces import DARK_RAMP, DRAWING, HEIGHT, WIDTH, render_face
 from .generated_model import (AMBIGUOUS_POSTERIOR, BAND_SHADE, CELEBA_BASE_RATES, CORRELATED_PAIRS, EXCLUSIVE_GROUPS,
@@ -82,6 +85,7 @@ from .generated_model import (AMBIGUOUS_POSTERIOR, BAND_SHADE, CELEBA_BASE_RATES
                               conditional_probabilities, drawn_shades, noise_bands, sample_attributes, true_posteriors)
 
 GENERATOR_VERSION = 1
+GENERATION_WAIT_SECONDS = 6 * 3600   # how long a caller waits for another that generates the same folder
 # CelebA's partition sizes: 162770 train, 19867 valid, 19962 test of 202599.
 SPLIT_FRACTIONS = (162770 / 202599, 19867 / 202599, 19962 / 202599)
 
@@ -104,6 +108,10 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
     version, it is returned without work; other contents raise ValueError unless
     `overwrite` (which only ever replaces generated data, never real CelebA). `workers` > 1
     draws in that many processes (same bytes as one).
+
+    Safe under concurrent callers (e.g. `make study`'s shards): one generates, holding the lock
+    ``root/.celeba.lock``; the others wait for it, then find the finished folder and use it. A finished
+    folder is never replaced without `overwrite`, even one that appears while this call draws.
     """
     root = Path(root)
     n_images, seed = int(n_images), int(seed)
@@ -111,6 +119,36 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
     if n_images < 3:
         raise ValueError(f"n_images must be at least 3 (one per split), got {n_images}.")
     check_bands(*bands)
+    if _complete(root, n_images, seed, quality, bands):     # the common case: nothing to wait for
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    with _generation_lock(root, progress):
+        return _generate_locked(root, n_images, seed, overwrite, progress, workers, quality, bands)
+
+
+def _complete(root: Path, n_images: int, seed: int, quality: int, bands) -> bool:
+    gt = _read_ground_truth(root) if (root / BASE_FOLDER).exists() else None
+    return gt is not None and _params_match(gt, n_images, seed, quality, bands)
+
+
+@contextlib.contextmanager
+def _generation_lock(root: Path, progress: bool):
+    """Hold ``root/.celeba.lock`` while generating; a second caller waits (saying so) for as long as the first draws."""
+    lock = filelock.FileLock(root / f".{BASE_FOLDER}.lock")
+    try:
+        lock.acquire(timeout=2)
+    except filelock.Timeout:
+        if progress:
+            print(f"Waiting for another process that is generating {storage.show(root / BASE_FOLDER)} …", flush=True)
+        lock.acquire(timeout=GENERATION_WAIT_SECONDS)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _generate_locked(root: Path, n_images: int, seed: int, overwrite: bool, progress: bool, workers: int,
+                     quality: int, bands) -> Path:
     target = root / BASE_FOLDER
     if target.exists():
         gt = _read_ground_truth(root)
@@ -127,7 +165,6 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
                 f"seed={seed}, jpeg_quality={quality}, generator_version={GENERATOR_VERSION}, hair/glasses bands={bands}. "
                 "Delete it, "
                 "choose another folder, or pass overwrite=True.")
-    root.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(root)
     tmp = root / f".{BASE_FOLDER}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     image_dir = tmp / IMAGE_FOLDER
@@ -147,11 +184,13 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
                 for out in pool.map(_render_chunk, jobs):
                     results.extend(out)
                     bar.update(len(out))
+                    report_progress("drawing faces", len(results), n_images, unit="images")
         else:
             for job in jobs:
                 out = _render_chunk(job)
                 results.extend(out)
                 bar.update(len(out))
+                report_progress("drawing faces", len(results), n_images, unit="images")
         bar.close()
         shades = drawn_shades(attrs, hair_z, in_hair)
         _write_text_files(tmp, names, attrs, shades, results, split_sizes(n_images))
@@ -161,18 +200,17 @@ def generate_celeba(root, n_images: int = 4000, seed: int = 0, *, overwrite: boo
         # Written last; the folder only becomes visible through the rename below.
         gt = _ground_truth(attrs, hair_z, n_images, seed, names, quality, (*bands, in_hair, in_glasses) if banded else None)
         (tmp / GROUND_TRUTH).write_text(json.dumps(gt, indent=2) + "\n")
+        if target.exists() and not overwrite:     # appeared meanwhile (a caller that took no lock): use it
+            shutil.rmtree(tmp, ignore_errors=True)
+            if _complete(root, n_images, seed, quality, bands):
+                return root
+            raise ValueError(f"{target} appeared while generating and holds other data; it is left untouched. "
+                             "Delete it, choose another folder, or pass overwrite=True.")
         if target.exists():      # overwrite=True on generated data (checked above)
             trash = root / f".{BASE_FOLDER}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}-old"
             os.rename(target, trash)
             shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            gt = _read_ground_truth(root)         # another process finished the same folder first
-            if gt is not None and _params_match(gt, n_images, seed, quality, bands):
-                shutil.rmtree(tmp, ignore_errors=True)
-                return root
-            raise
+        os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -199,23 +237,13 @@ def split_sizes(n: int) -> tuple[int, int, int]:
     return n_train, n_valid, n - n_train - n_valid
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_partials(root: Path) -> None:
     for p in root.glob(f".{BASE_FOLDER}.partial-*"):
         try:
             pid = int(p.name.split("-")[1])
         except (IndexError, ValueError):
             continue
-        if pid == os.getpid() or not _pid_alive(pid):
+        if pid == os.getpid() or not storage.pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -28,9 +28,23 @@ results are checked separately, with tolerances: `python -m lie_helpers.results 
 
 Skipping. A stage's key hashes its cells, its parameters, the key of the previous stage's
 last successful run, and the lie_helpers sources. A stage whose key matches the one
-recorded in `<run folder>/chain_state.json`, and whose executed notebook exists, is
-skipped: editing notebook 03 reruns 03 and what follows, not the training before it.
+recorded in `<run folder>/chain_state.json`, whose executed notebook exists, and whose
+files verify is skipped: editing notebook 03 reruns 03 and what follows, not the training
+before it. Its files: when a stage finishes, the chain records the files the run folder's
+manifests then list (checkpoints, bracket records, study records, side runs; with sha256),
+less those a later stage wrote; a stage one of whose files is missing, altered or no longer
+in the manifest as it was is not up to date, and reruns (and so do the stages after it).
 
+Guards (lie_helpers.pipeline.preflight). The chain holds the run folder's lock for the whole
+run (the lock training and analysis take, handed to its kernels: a second chain on the same
+folder refuses, naming the holder); it refuses a symbolic link inside the run folder or
+figures/; and before the first stage it loads every split of data the stages that will run
+read (drawing generated data, decoding every image), so bad data is named before any work.
+
+Ctrl-C (or SIGTERM) stops a run within seconds at any point (lie_helpers.pipeline.execution),
+says where it stopped and how to resume; the rerun skips finished stages and training resumes
+from its last checkpoint. While a stage runs, its progress (training steps, checkpoints
+analysed, swaps, study runs, notes such as a resume) is printed on the terminal.
 Figures. Each stage's record in chain_state.json lists the files it wrote into <run folder>/figures/
 (new or changed while it ran). A run of a profile whose figures are the committed ones (not ci, no
 overrides, no --run-dir) copies the files its stages wrote into figures/, and after a full run (every
@@ -43,29 +57,31 @@ after no stage, and the files made by hand (MADE_BY_HAND). A partial run copies 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
-import json
 import os
-import re
+import shlex
+import signal
 import sys
 import time
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-import papermill
-from jupyter_client.kernelspec import KernelSpecManager
-from papermill.exceptions import PapermillExecutionError
 
 from .. import PACKAGE_DIR, REPO_DIR
-from ..training.config import PROFILES, get_profile, run_folder_name
+from ..data.storage import SHOW_FROM, atomic_write_json, json_digest, read_json, show
+from ..training import run_folder
+from ..training.config import PROFILES, get_profile
 from ..training.results import results_dir
-from ..data.storage import atomic_write_bytes, atomic_write_json, json_digest, read_json, show
 from .committed_figures import figure_files, publish_figures, written_since
+from .execution import StageInterrupted, execute
+from .preflight import ChainError, check_data, refuse_links
+from .stages import (KERNEL_NAME, NOTEBOOK_NAME, Plan, Stage, _plan, as_reference, disk_full_message,  # noqa: F401
+                     failure_message, find_stages, kernel_warning, notebook_cells, notebook_parameters,
+                     notebook_profile, parse_overrides, select_stages)
 
-NOTEBOOK_NAME = re.compile(r"^(\d\d)_.+\.ipynb$")
-KERNEL_NAME = "python3"   # ipykernel's own spec: the interpreter running the chain
 STATE_FILE = "chain_state.json"
+PROGRESS_FILE = ".progress.jsonl"   # the running stage's progress (lie_helpers.data.progress), in the run folder
 # The profiles whose plain runs make the committed notebooks: default for the paper's chain, study for
 # notebook 04 (the decisive test, config.PROFILES["study"].stages).
 REFERENCE_PROFILES = ("default", "study")
@@ -76,75 +92,31 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-class ChainError(Exception):
-    """A chain failure with a message meant for the person at the terminal."""
+class ChainInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the chain; `where` says where."""
 
-
-@dataclass
-class Stage:
-    """One notebook of the chain."""
-    name: str            # file stem, e.g. "02_brackets"
-    number: str          # its two-digit prefix, e.g. "02"
-    source: Path         # the notebook in notebooks/
-    executed: Path       # its executed copy in <run folder>/notebooks/
-
-    @property
-    def partial(self) -> Path:
-        """Where papermill writes while the stage runs; renamed to `executed` on success."""
-        return self.executed.with_suffix(".partial.ipynb")
-
-
-# ----------------------------------------------------------------------------- discovery
-
-def find_stages(notebooks_dir, run_root) -> list[Stage]:
-    """The `NN_*.ipynb` notebooks of `notebooks_dir`, in order of their names."""
-    paths = sorted(p for p in Path(notebooks_dir).glob("*.ipynb") if NOTEBOOK_NAME.match(p.name))
-    return [Stage(p.stem, p.name[:2], p, Path(run_root) / "notebooks" / p.name) for p in paths]
-
-
-def select_stages(stages: list[Stage], only=None, start=None) -> list[Stage]:
-    """The stages named by `only` ("01,03") or from `start` ("02") on; all when neither.
-
-    A stage may be named by its number ("2" or "02"), its stem or its file name.
-    """
-    if only and start:
-        raise ChainError("Use either --only or --from, not both.")
-
-    def find(token: str) -> int:
-        token = token.strip().removesuffix(".ipynb")
-        for i, stage in enumerate(stages):
-            if token in (stage.name, stage.number) or (token.isdigit() and int(token) == int(stage.number)):
-                return i
-        raise ChainError(f"No stage {token!r}. Stages: {', '.join(s.name for s in stages)}.")
-
-    if only:
-        wanted = {find(t) for t in only.split(",") if t.strip()}
-        return [s for i, s in enumerate(stages) if i in wanted]
-    if start:
-        return stages[find(start):]
-    return list(stages)
+    def __init__(self, where: str):
+        super().__init__(where)
+        self.where = where
 
 
 # ----------------------------------------------------------------------------- keys
-
-def notebook_cells(path) -> list:
-    """Type and source of every cell. Markdown counts too: a skipped stage keeps its old
-    executed copy, and --update-references must never copy stale text over an edit."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    return [[c.get("cell_type"), "".join(c.get("source", ""))] for c in nb.get("cells", [])]
-
 
 # The arithmetic of a run: another thread count, kernel set or torch version trains another
 # trajectory, so a stage run under one must not count as up to date under another.
 ARITHMETIC_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
+# The chain's own modules: how stages are run does not change what they compute.
+CHAIN_MODULES = ("chain.py", "execution.py", "preflight.py", "stages.py")
+
+
 def package_fingerprint(package_dir=PACKAGE_DIR) -> str:
     """Hash of the lie_helpers sources the notebooks run and of the arithmetic they run with
-    (torch's version, the CPU count, `ARITHMETIC_VARIABLES`). The chain itself (this file) is
+    (torch's version, the CPU count, `ARITHMETIC_VARIABLES`). The chain itself (CHAIN_MODULES) is
     left out: how stages are run does not change what they compute."""
     files = sorted(p for p in Path(package_dir).rglob("*.py")
-                   if p.name != "chain.py" and "__pycache__" not in p.parts)
+                   if p.name not in CHAIN_MODULES and "__pycache__" not in p.parts)
     arithmetic = {"torch": version("torch"), "cpus": os.cpu_count(),
                   **{name: os.environ.get(name) for name in ARITHMETIC_VARIABLES}}
     return json_digest([[str(p.relative_to(package_dir)), p.read_text(encoding="utf-8")] for p in files] + [arithmetic])
@@ -157,44 +129,7 @@ def stage_key(stage: Stage, parameters: dict, previous_key, fingerprint: str) ->
                         "previous": previous_key, "package": fingerprint}, 16)
 
 
-# ----------------------------------------------------------------------------- parameters
-
-def parse_overrides(pairs) -> dict:
-    """`["steps=200", "betas=[0.9,0.99]", "loss=softmax"]` → dict; JSON values where they parse."""
-    overrides = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ChainError(f"--set expects KEY=VALUE, got {pair!r}.")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    return overrides
-
-
-def notebook_parameters(profile: str, overrides: dict, run_dir, notebook_profile: str = "default") -> dict:
-    """Only what differs from the notebook's own defaults (profile=`notebook_profile`, overrides={},
-    run_dir=None), so a plain run of a notebook's own profile injects no cell at all."""
-    parameters = {}
-    if profile != notebook_profile:
-        parameters["profile"] = profile
-    if overrides:
-        parameters["overrides"] = overrides
-    if run_dir is not None:
-        parameters["run_dir"] = str(run_dir)
-    return parameters
-
-
-def notebook_profile(path) -> str:
-    """The profile a notebook's `parameters` cell sets (`profile = "..."`): "default" for all but notebook 04."""
-    for cell in json.loads(Path(path).read_text())["cells"]:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            found = re.search(r"""^profile\s*=\s*["']([^"']+)["']""", "".join(cell["source"]), re.M)
-            if found:
-                return found.group(1)
-    return "default"
-
+# ----------------------------------------------------------------------------- state
 
 def load_state(run_root) -> dict:
     path = Path(run_root) / STATE_FILE
@@ -207,100 +142,41 @@ def save_state(run_root, state: dict) -> None:
     atomic_write_json(Path(run_root) / STATE_FILE, state)
 
 
-def stage_statuses(stages, state, parameters, fingerprint) -> list[tuple[Stage, str, str]]:
+def stage_status(stage: Stage, key: str, record: dict | None, run_root, hashes: dict | None = None) -> str:
+    """"up to date" when the stage's recorded key is `key`, its executed notebook exists and the files it read
+    (record["files"]: run_folder.listed_files when it finished) verify; else why not."""
+    if record is None:
+        return "not run yet"
+    if record.get("key") != key:
+        return "changed since last run"
+    if not stage.executed.exists():
+        return "executed notebook missing"
+    problem = run_folder.listed_files_problem(run_root, record.get("files", {}), hashes)
+    return f"a file it read changed: {problem}" if problem else "up to date"
+
+
+def stage_statuses(stages, state, parameters, fingerprint, run_root=None, hashes=None) -> list[tuple[Stage, str, str]]:
     """(stage, key it would run under now, status) for every stage, without running any.
 
-    "up to date": its recorded key matches and its executed notebook exists.
+    "up to date": its recorded key matches, its executed notebook exists and its files verify (stage_status).
     "upstream changed": it matches its predecessor's last run, but that predecessor will rerun.
     """
     rows, upstream_stale, previous = [], False, None
+    hashes = {} if hashes is None else hashes
     for stage in stages:
         key = stage_key(stage, parameters[stage.name], previous, fingerprint)
         record = state["stages"].get(stage.name)
-        if record is None:
-            status = "not run yet"
-        elif record.get("key") != key:
-            status = "changed since last run"
-        elif not stage.executed.exists():
-            status = "executed notebook missing"
-        elif upstream_stale:
+        status = stage_status(stage, key, record, run_root if run_root is not None else stage.executed.parents[1],
+                              hashes)
+        if status == "up to date" and upstream_stale:
             status = "upstream changed"
-        else:
-            status = "up to date"
         upstream_stale |= status != "up to date"
         rows.append((stage, key, status))
         previous = record.get("key") if record else None
     return rows
 
 
-# ----------------------------------------------------------------------------- kernel
-
-def kernel_warning(kernel_name=KERNEL_NAME):
-    """A warning when `kernel_name` would not run this interpreter (a user-level kernelspec
-    shadowing ipykernel's own), else None: the notebooks must see this environment."""
-    try:
-        argv0 = KernelSpecManager().get_kernel_spec(kernel_name).argv[0]
-    except Exception as err:  # no such kernel: papermill will say so with the notebook named
-        return f"kernel {kernel_name!r} not found ({err})."
-    version = sys.version_info
-    if argv0 in {"python", f"python{version[0]}", f"python{version[0]}.{version[1]}"}:
-        return None   # jupyter_client substitutes sys.executable for these
-    if os.path.abspath(argv0) != os.path.abspath(sys.executable):
-        return (f"kernel {kernel_name!r} runs {argv0}, not this interpreter ({sys.executable}); "
-                f"the notebooks may not see lie_helpers. Check `jupyter kernelspec list`.")
-    return None
-
-
 # ----------------------------------------------------------------------------- running
-
-def _failure_message(stage: Stage, err) -> str:
-    """Name the notebook, the cell and the exception, and where the partial notebook is."""
-
-    where = show(stage.source)
-    if isinstance(err, PapermillExecutionError):
-        cells = notebook_cells(stage.source)
-        number = next((i + 1 for i, (kind, src) in enumerate(cells)
-                       if kind == "code" and src == err.source), err.cell_index + 1)
-        first_line = next((line for line in err.source.splitlines() if line.strip()), "")
-        what = (f"cell {number} of {len(cells)} (In [{err.exec_count}]): {first_line.strip()}\n"
-                f"  {err.ename}: {err.evalue}")
-    else:
-        what = f"{type(err).__name__}: {err}"
-    partial = (f"The partially executed notebook, with the full traceback: {show(stage.partial)}"
-               if _keep_valid_partial(stage) else "No partially executed notebook could be written.")
-    return (f"Stage {stage.name} failed: {where}, {what}\n{partial}\n"
-            f"Earlier stages' results are kept; fix the notebook and re-run (finished stages are skipped).")
-
-
-def _keep_valid_partial(stage: Stage) -> bool:
-    """Whether the partial notebook is there and valid JSON; one cut short (a full disk) is removed."""
-    try:
-        json.loads(stage.partial.read_text(encoding="utf-8"))
-        return True
-    except FileNotFoundError:
-        return False
-    except (ValueError, UnicodeDecodeError):
-        stage.partial.unlink(missing_ok=True)
-        return False
-
-
-def _disk_full_message(stage: Stage, err: OSError) -> str:
-    kept = ("the partially executed notebook: " + show(stage.partial) if _keep_valid_partial(stage)
-            else "no partial notebook is left (it could not be written completely)")
-    return (f"Stage {stage.name} stopped: the disk is full ({err}); {kept}. Earlier stages' results and "
-            "executed notebooks are kept. Free disk space and run the chain again (finished stages are skipped).")
-
-
-def as_reference(executed: Path, target: Path) -> None:
-    """Copy an executed notebook over its source, without papermill's run metadata (paths,
-    timings) so the committed reference only changes when its content does."""
-    nb = json.loads(executed.read_text(encoding="utf-8"))
-    nb.get("metadata", {}).pop("papermill", None)
-    for cell in nb.get("cells", []):
-        for key in ("papermill", "execution"):
-            cell.get("metadata", {}).pop(key, None)
-    atomic_write_bytes(target, (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-
 
 def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, figures_dir=None,
               run_dir=None, overrides=None, force=False, only=None, start=None, update_references=False,
@@ -309,90 +185,116 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
 
     Folders default to the repository's notebooks/, runs/ and figures/. The run folder is
     runs/<run_folder_name(profile, overrides)> unless `run_dir` is given. Only a plain profile's
-    run (not ci, no overrides, no run_dir) copies its figures to figures/, and only a full one removes the
-    stale ones there (see the module's "Figures").
-    Everything that can be wrong with the request (profile, settings, stage names) fails before any work.
-    Raises ChainError with a message for the terminal when a notebook fails.
+    run (not ci, no overrides, no run_dir) copies its figures to figures/.
+    Everything that can be wrong with the request (profile, settings, stage names, links, the lock, the data)
+    fails before any work. Raises ChainError with a message for the terminal when a notebook fails, and
+    ChainInterrupted on Ctrl-C (KeyboardInterrupt) or SIGTERM, saying where it stopped.
     """
     figures_dir = Path(figures_dir or REPO_DIR / "figures").resolve()
     plan = _plan(profile, notebooks_dir, runs_root, run_dir, overrides)
-    notebooks_dir, run_root, parameters, stages = plan.notebooks_dir, plan.run_root, plan.parameters, plan.stages
-    overrides = plan.overrides
-    if update_references and (overrides or plan.own_folder or profile not in REFERENCE_PROFILES):
+    run_root, stages = plan.run_root, plan.stages
+    if update_references and (plan.overrides or plan.own_folder or profile not in REFERENCE_PROFILES):
         why = (f"profile {profile!r}" if profile not in REFERENCE_PROFILES
-               else "--set overrides" if overrides else f"a run folder elsewhere ({run_root})")
+               else "--set overrides" if plan.overrides else f"a run folder elsewhere ({run_root})")
         raise ChainError(
             f"--update-references is only for a plain run of {' or '.join(map(repr, REFERENCE_PROFILES))} "
             f"(each updates its own notebooks), not for {why}. The committed notebooks are what a reader sees "
             "when they open notebooks/, so they must come from the profile that notebook is committed from.")
     if not stages:
-        raise ChainError(f"No notebooks named NN_*.ipynb in {notebooks_dir}.")
+        raise ChainError(f"No notebooks named NN_*.ipynb in {plan.notebooks_dir}.")
     selected = {s.name for s in select_stages(stages, only, start)}
-
     warning = kernel_warning(kernel_name)
     if warning:
         log(f"Warning: {warning}")
+    where = ["before the first stage (taking the run folder's lock)"]
+    try:
+        refuse_links(run_root, "the run folder")
+        refuse_links(figures_dir, "figures/")
+        with _messages_from_here(), _held(run_root):
+            return _run_locked(profile, plan, selected, figures_dir, force, update_references, package_dir,
+                               kernel_name, progress_bar, log, where)
+    except StageInterrupted as err:
+        raise ChainInterrupted(f"{where[0]} ({err.where})") from None
+    except KeyboardInterrupt:
+        raise ChainInterrupted(where[0]) from None
+
+
+@contextlib.contextmanager
+def _messages_from_here():
+    """Messages of the notebooks' kernels (which run in notebooks/) give paths from where the chain was started."""
+    previous = os.environ.get(SHOW_FROM)
+    os.environ[SHOW_FROM] = previous or os.getcwd()
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SHOW_FROM, None)
+
+
+@contextlib.contextmanager
+def _held(run_root: Path):
+    """The run folder's lock for the whole run, handed to the kernels (run_folder.lock, hand_on)."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(run_folder.lock(run_root, hand_on=True))
+    except run_folder.LockError as err:
+        raise ChainError(str(err)) from None
+    with stack:
+        yield
+
+
+def _run_locked(profile, plan, selected, figures_dir, force, update_references, package_dir, kernel_name,
+                progress_bar, log, where) -> list:
+    notebooks_dir, run_root, parameters, stages = plan.notebooks_dir, plan.run_root, plan.parameters, plan.stages
+    where[0] = "before the first stage (checking which stages are up to date)"
     fingerprint = package_fingerprint(package_dir)
     state = load_state(run_root)
     state["profile"], state["parameters"] = profile, parameters
-    statuses = {s.name: status for s, _, status in stage_statuses(stages, state, parameters, fingerprint)}
+    hashes = {}      # what the statuses read of the run folder, until a stage changes it
+    rows = stage_statuses(stages, state, parameters, fingerprint, run_root, hashes)
+    statuses = {s.name: status for s, _, status in rows}
     width = max(len(s.name) for s in stages)
     log(f"Chain '{profile}': {len(stages)} notebooks → {show(run_root)}"
-        + (f" (overrides {overrides})" if overrides else ""))
+        + (f" (overrides {plan.overrides})" if plan.overrides else ""))
+    # The data of every selected stage from the first that will run on (one that reruns may make the next rerun).
+    first = next((i for i, s in enumerate(stages) if s.name in selected and (force or statuses[s.name] != "up to date")),
+                 len(stages))
+    coming = [s.source for s in stages[first:] if s.name in selected]
+    if coming:
+        where[0] = "before the first stage (checking the data)"
+        check_data(get_profile(profile, **plan.overrides), coming, notebooks_dir, log, progress=progress_bar)
 
     results, previous = [], None
     for i, stage in enumerate(stages, 1):
         label = f"[{i}/{len(stages)}] {stage.name:<{width}}"
         key = stage_key(stage, parameters[stage.name], previous, fingerprint)
-        record = state["stages"].get(stage.name, {})
+        record = state["stages"].get(stage.name)
+        status = stage_status(stage, key, record, run_root, hashes)
         if stage.name not in selected:
             if statuses[stage.name] != "up to date" and any(
                     s.name in selected for s in stages[i:]):
                 log(f"{label}  not selected; warning: {statuses[stage.name]}, so the stages after it "
                     "may read stale or missing results")
             results.append((stage.name, "not selected", 0.0))
-        elif not force and record.get("key") == key and stage.executed.exists():
+        elif not force and status == "up to date":
             log(f"{label}  skipped (unchanged; --force reruns)")
             results.append((stage.name, "skipped", 0.0))
         else:
-            log(f"{label}  running …")
-            started = time.perf_counter()
-            try:
-                # Its old results are about to be overwritten: forget them first, so an
-                # interrupted or failed run is never mistaken for a finished one.
-                state["stages"].pop(stage.name, None)
-                save_state(run_root, state)
-                # Its recorded results too: a result the notebook no longer records must not linger.
-                (results_dir(run_root) / f"{stage.number}.json").unlink(missing_ok=True)
-                stage.executed.parent.mkdir(parents=True, exist_ok=True)
-                figures_before = figure_files(run_root / "figures")
-                try:
-                    papermill.execute_notebook(
-                        str(stage.source), str(stage.partial), parameters=parameters[stage.name] or None,
-                        cwd=str(notebooks_dir), kernel_name=kernel_name, progress_bar=progress_bar)
-                except OSError:
-                    raise
-                except Exception as err:
-                    raise ChainError(_failure_message(stage, err)) from err
-                os.replace(stage.partial, stage.executed)
-                seconds = time.perf_counter() - started
-                state["stages"][stage.name] = {"key": key, "seconds": round(seconds, 1),
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                               "figures": written_since(figures_before, run_root / "figures")}
-                save_state(run_root, state)
-            except OSError as err:
-                if err.errno == errno.ENOSPC:
-                    raise ChainError(_disk_full_message(stage, err)) from err
-                raise ChainError(_failure_message(stage, err)) from err
-            log(f"{label}  ran in {seconds:.1f} s")
+            if status.startswith("a file it read changed"):
+                log(f"{label}  {status}")
+            where[0] = f"in stage {stage.name}"
+            seconds = _run_stage(stage, key, parameters[stage.name], state, plan, kernel_name, progress_bar, log,
+                                 label)
+            hashes.clear()
+            where[0] = f"after stage {stage.name}, before the next"
             results.append((stage.name, "ran", seconds))
         previous = state["stages"].get(stage.name, {}).get("key")
 
-    if profile != "ci" and not plan.own_folder and not overrides:   # figures/ shows the plain profiles' runs
+    where[0] = "after the last stage (copying figures)"
+    if profile != "ci" and not plan.own_folder and not plan.overrides:   # figures/ shows the plain profiles' runs
         publish_figures(stages, selected, state, run_root / "figures", figures_dir, log)
     if update_references:
-        rows = stage_statuses(stages, state, parameters, fingerprint)
-        for stage, _, status in rows:
+        for stage, _, status in stage_statuses(stages, state, parameters, fingerprint, run_root):
             if status == "up to date":
                 as_reference(stage.executed, stage.source)
                 log(f"Updated reference {show(stage.source)}")
@@ -401,12 +303,71 @@ def run_chain(profile: str = "default", *, notebooks_dir=None, runs_root=None, f
     return results
 
 
+def _run_stage(stage: Stage, key: str, parameters: dict, state: dict, plan, kernel_name, progress_bar, log,
+               label) -> float:
+    """Execute one stage into its partial notebook, then make it the executed one and record the stage (its key
+    and the files it depends on: see _depends_on); returns the seconds it took."""
+    run_root = plan.run_root
+    refuse_links(run_root, "the run folder")
+    log(f"{label}  running …")
+    started = time.perf_counter()
+    before = run_folder.listed_files(run_root)
+    figures_before = figure_files(run_root / "figures")
+    try:
+        # Its old results are about to be overwritten: forget them first, so an
+        # interrupted or failed run is never mistaken for a finished one.
+        state["stages"].pop(stage.name, None)
+        save_state(run_root, state)
+        # Its recorded results too: a result the notebook no longer records must not linger.
+        (results_dir(run_root) / f"{stage.number}.json").unlink(missing_ok=True)
+        stage.executed.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            execute(stage.source, stage.partial, parameters or None, cwd=plan.notebooks_dir, kernel_name=kernel_name,
+                    progress_bar=progress_bar, progress_file=run_root / PROGRESS_FILE, log=log)
+        except (OSError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            raise ChainError(failure_message(stage, err)) from err
+        os.replace(stage.partial, stage.executed)
+        seconds = time.perf_counter() - started
+        state["stages"][stage.name] = {"key": key, "seconds": round(seconds, 1),
+                                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                       "files": _depends_on(stage, state, before, plan),
+                                       "figures": written_since(figures_before, run_root / "figures")}
+        save_state(run_root, state)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise ChainError(disk_full_message(stage, err)) from err
+        raise ChainError(failure_message(stage, err)) from err
+    finally:
+        if stage.name not in state["stages"]:        # failed or interrupted: what it wrote is still its own
+            with contextlib.suppress(Exception):
+                _depends_on(stage, state, before, plan)
+                save_state(run_root, state)
+    log(f"{label}  ran in {seconds:.1f} s")
+    return seconds
+
+
+def _depends_on(stage: Stage, state: dict, before: dict, plan) -> dict:
+    """The files (run_folder.listed_files: path -> sha256) a stage that just ran depends on: those the manifests list
+    now, except those a later stage wrote. Who wrote what is kept in state["writers"]: a listed file that is new, or
+    changed, since `before` (the listing when the stage started) was written by this stage; a file whose writer
+    is unknown (made outside the chain, e.g. by `make study`'s processes) counts as a dependency of every stage."""
+    now = run_folder.listed_files(plan.run_root)
+    writers = {path: name for path, name in state.get("writers", {}).items() if path in now}
+    writers.update({path: stage.name for path, sha in now.items() if before.get(path) != sha})
+    state["writers"] = writers
+    order = {s.name: i for i, s in enumerate(plan.stages)}
+    mine = order[stage.name]
+    return {path: sha for path, sha in now.items() if order.get(writers.get(path), -1) <= mine}
+
+
 def list_stages(profile: str = "default", *, notebooks_dir=None, runs_root=None, run_dir=None, overrides=None,
                 package_dir=PACKAGE_DIR, log=say) -> list:
     """Print every stage with its status (what a run would do) and last run time."""
     plan = _plan(profile, notebooks_dir, runs_root, run_dir, overrides)
     state = load_state(plan.run_root)
-    rows = stage_statuses(plan.stages, state, plan.parameters, package_fingerprint(package_dir))
+    rows = stage_statuses(plan.stages, state, plan.parameters, package_fingerprint(package_dir), plan.run_root)
     log(f"Chain '{profile}' ({show(plan.run_root)}):" if rows else f"No notebooks in {plan.notebooks_dir}.")
     width = max((len(s.name) for s in plan.stages), default=0)
     for stage, _, status in rows:
@@ -414,37 +375,6 @@ def list_stages(profile: str = "default", *, notebooks_dir=None, runs_root=None,
         last = f"  (last run {seconds:.1f} s)" if seconds is not None else ""
         log(f"  {stage.name:<{width}}  {status}{last}")
     return [(stage.name, status) for stage, _, status in rows]
-
-
-@dataclass
-class Plan:
-    """What a chain request resolves to, before any work."""
-    notebooks_dir: Path
-    run_root: Path
-    own_folder: bool     # an explicit run_dir: its figures stay there
-    overrides: dict
-    parameters: dict     # stage name -> what that notebook is given
-    stages: list
-
-
-def _plan(profile: str, notebooks_dir, runs_root, run_dir, overrides) -> Plan:
-    """Check the request (profile and settings fail here, before any work) and resolve its folders: the run
-    folder is `run_dir`, else <runs_root>/<run_folder_name>, the folder the notebooks find by themselves."""
-    notebooks_dir = Path(notebooks_dir or REPO_DIR / "notebooks").resolve()
-    runs_root = Path(runs_root or REPO_DIR / "runs").resolve()
-    overrides = dict(overrides or {})
-    try:
-        folder = run_folder_name(profile, overrides)
-    except ValueError as err:
-        raise ChainError(str(err)) from None
-    own_folder = run_dir is not None
-    run_root = Path(run_dir).resolve() if own_folder else runs_root / folder
-    # The notebooks find their run folder as ../runs/<folder> from notebooks/; say so only when it is elsewhere.
-    injected = None if run_root == (notebooks_dir.parent / "runs" / folder).resolve() else run_root
-    wanted = get_profile(profile, **overrides).stages     # the profile's notebooks (config.Profile.stages)
-    stages = [s for s in find_stages(notebooks_dir, run_root) if not wanted or s.number in wanted]
-    parameters = {s.name: notebook_parameters(profile, overrides, injected, notebook_profile(s.source)) for s in stages}
-    return Plan(notebooks_dir, run_root, own_folder, overrides, parameters, stages)
 
 
 def main(argv=None) -> int:
@@ -468,6 +398,12 @@ def main(argv=None) -> int:
                         help="folder holding notebooks/, runs/ and figures/ (default: the repository)")
     args = parser.parse_args(argv)
     folders = {"notebooks_dir": args.root / "notebooks", "runs_root": args.root / "runs"}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    resume = shlex.join([show(sys.executable), "-m", "lie_helpers.chain", *(a for a in argv if a != "--force")])
+    try:
+        terminate = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C, with the same message
+    except ValueError:                                         # not the main thread: signals are not ours to handle
+        terminate = None
     try:
         overrides = parse_overrides(args.overrides)
         if args.list:
@@ -479,10 +415,19 @@ def main(argv=None) -> int:
     except ChainError as err:
         print(f"\nChain stopped. {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nChain interrupted; finished stages are kept and will be skipped next time.", file=sys.stderr)
+    except (ChainInterrupted, KeyboardInterrupt) as err:
+        where = f" {err.where}" if isinstance(err, ChainInterrupted) else ""
+        print(f"\nChain interrupted{where}. Finished stages are kept and will be skipped; an interrupted training or "
+              f"analysis resumes from its last checkpoint or record. To resume:\n  {resume}", file=sys.stderr)
         return 130
+    finally:
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from papermill.parameterize import parameterize_notebook
 
 from ..data.storage import atomic_write_bytes
 from ..training.config import get_profile
-from . import chain
+from .stages import _plan, notebook_parameters, notebook_profile
 
 
 def parameterised_copies(profile: str, dest, *, notebooks_dir=None, runs_root=None, run_dir=None,
@@ -22,14 +22,14 @@ def parameterised_copies(profile: str, dest, *, notebooks_dir=None, runs_root=No
     """Each stage's notebook, unexecuted, with the chain's parameters injected and its folders made absolute (the
     run folder, the data), written to `dest`: what `pytest --nbval-lax DEST` runs top to bottom in a fresh kernel,
     from any directory, against the same run folder as the chain (whose finished work it reuses)."""
-    plan = chain._plan(profile, notebooks_dir, runs_root, run_dir, overrides)
+    plan = _plan(profile, notebooks_dir, runs_root, run_dir, overrides)
     data_root = (plan.notebooks_dir / get_profile(profile, **plan.overrides).data_root).resolve()
     given = {**plan.overrides, "data_root": str(data_root)}
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for stage in plan.stages:
-        parameters = chain.notebook_parameters(profile, given, plan.run_root, chain.notebook_profile(stage.source))
+        parameters = notebook_parameters(profile, given, plan.run_root, notebook_profile(stage.source))
         notebook = nbformat.read(stage.source, as_version=4)
         notebook.metadata.setdefault("papermill", {})
         notebook = parameterize_notebook(notebook, parameters)

@@ -21,7 +21,9 @@ PLACEHOLDER = "OWNER/REPO"
 LINK_PREFIXES = ("github.com/", "colab.research.google.com/github/", "mybinder.org/v2/gh/")
 LINKED_FILES = ("README.md", "docs/*.md", "notebooks/*.ipynb")
 ROOT = Path(__file__).resolve().parents[2]
-_ADDRESS = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?/[A-Za-z0-9._-]+")
+# GitHub's grammar: an owner of 1-39 letters, digits and single inner hyphens; a name of 1-100 letters, digits, '.', '_'
+# and '-', other than '.' and '..'. Nothing else (no space, quote, ';', '$', '`' or newline) can pass.
+_ADDRESS = re.compile(r"(?=[A-Za-z0-9-]{1,39}/)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*/(?!\.\.?\Z)[A-Za-z0-9._-]{1,100}", re.ASCII)
 
 
 def _link_pattern(address: str) -> re.Pattern:
@@ -48,8 +50,9 @@ def linked_files(root: Path = ROOT) -> list[Path]:
 def publish_links(address: str, root: Path = ROOT) -> dict[str, int]:
     """Point every link in `root`'s linked files at `address` and store it as REPOSITORY in this module's
     copy under `root`; returns the links rewritten per file (relative path -> count)."""
-    if not _ADDRESS.fullmatch(address) or address == PLACEHOLDER:
-        raise ValueError(f"{address!r} is not a GitHub address: give owner/name, e.g. "
+    if not isinstance(address, str) or not _ADDRESS.fullmatch(address) or address == PLACEHOLDER:
+        raise ValueError(f"{address!r} is not a GitHub address: give owner/name (owner: letters, digits and single "
+                         "inner hyphens, at most 39; name: letters, digits, '.', '_' and '-', at most 100), e.g. "
                          "`make publish-links REPO=alice/lie-brackets`.")
     root = Path(root)
     module = root / "lie_helpers" / "pipeline" / "publish.py"

@@ -18,7 +18,10 @@ def main(argv=None) -> int:
     try:
         k, n = (int(x) for x in args.shard.split("/"))
     except ValueError:
-        raise SystemExit(f"--shard must be K/N, e.g. 0/2; got {args.shard!r}.") from None
+        k = n = 0
+    if not 0 <= k < n:      # checked before any data is drawn or read
+        raise SystemExit(f"--shard must be K/N with 0 <= K < N (run K of N processes), e.g. 0/2 and 1/2; "
+                         f"got {args.shard!r}.")
     os.chdir(REPO_DIR / "notebooks")      # where notebook 04 runs: the profile's paths (../data, ../runs) agree
     profile = get_profile(args.profile)
     seconds = train_study_runs(profile, run_paths(profile).root, shard=(k, n))

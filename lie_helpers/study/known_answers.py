@@ -42,6 +42,7 @@ from ..analysis.source_brackets import source_brackets
 from ..data.attributes import ATTRIBUTES
 from ..data.storage import atomic_write_json, json_digest, read_json
 from ..engine.brackets import bracket_mode
+from ..training import run_folder
 from ..training.config import Profile
 from ..training.datasets import load_profile_split, prepare_data
 from ..training.losses import get_loss
@@ -159,8 +160,20 @@ def control_record(profile: Profile, run_dir, sets, test) -> dict:
     under the same key, else computed and stored. `sets`: the control seed's example sets; `test`: its arm's
     (the banded) test split."""
     path, key = controls_path(run_dir), control_key(profile, run_dir, sets)
-    if path.exists() and read_json(path).get("key") == key:
-        return read_json(path)
+    relative = path.relative_to(Path(run_dir)).as_posix()
+    with run_folder.lock(run_dir):
+        problem = run_folder.listed_file_problem(run_dir, relative, key)
+        if problem is None:
+            return read_json(path)
+        if path.exists():
+            print(f"Recomputing the known-answer controls: {problem}", flush=True)
+        record = _controls(profile, run_dir, sets, test, key)
+        atomic_write_json(path, record)
+        run_folder.add_file(run_dir, relative, key)
+        return record
+
+
+def _controls(profile: Profile, run_dir, sets, test, key: str) -> dict:
     arm, seed = control_arm(profile)
     settings, arm_dir = arm_profile(profile, arm, seed), arm_run_dir(run_dir, arm, seed)
     step, loss_fn, example_set = source_step(settings), get_loss(settings.loss), source_set(sets)
@@ -171,10 +184,8 @@ def control_record(profile: Profile, run_dir, sets, test) -> dict:
     model64 = load_checkpoint(arm_dir, step, settings, dtype=torch.float64)
     curvature = curvature_check(model64, loss_fn, *stratum_inputs(settings, test, example_set, CURVATURE_STRATUM,
                                                                   dtype=torch.float64))
-    record = json.loads(json.dumps({"key": key, "arm": arm.name, "seed": seed, "step": step, "dose": dose,
-                                    "curvature": curvature}, default=float))
-    atomic_write_json(path, record)
-    return record
+    return json.loads(json.dumps({"key": key, "arm": arm.name, "seed": seed, "step": step, "dose": dose,
+                                  "curvature": curvature}, default=float))
 
 
 def readouts_passed(record: dict) -> dict:

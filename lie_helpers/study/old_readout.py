@@ -16,11 +16,10 @@ import torch
 
 from . import design, example_sets, stats
 from .design import GLASSES, Arm, arm_profile, arm_run_dir, record_steps, study_sets
-from .records import first_order_path, record_key, record_path
+from .records import first_order_path, read_record, record_key, record_path
 from ..analysis.currency import CORRELATED_CONTROLS, HAIR_PAIR, attribute_magnitudes, attribute_mask, attribute_perturbations
-from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
+from ..data.attributes import HAIR_COLOURS
 from ..training.datasets import load_profile_split, prepare_data
-from ..data import storage
 from ..training.config import Profile
 from ..training.losses import get_loss, gradient_share
 from ..training.train import load_checkpoint
@@ -52,13 +51,8 @@ def run_profile(profile: Profile, run_dir, arm: Arm, seed: int, sets, scale: str
     per, first = {}, []
     for step in record_steps(arm_settings):
         key = record_key(arm_settings, arm_dir, step, sets)
-        records = []
-        for path in (record_path(arm_dir, step), first_order_path(arm_dir, step)):
-            if not (path.exists() and storage.read_metadata(path).get("key") == key):
-                raise ValueError(f"{path} is missing or was made for other examples or weights: run the study "
-                                 "(`make study`, or records.train_study_runs), which recomputes it.")
-            records.append(storage.load_tensors(path))
-        record, first_order = records
+        record, first_order = (read_record(arm_dir, path, key)
+                               for path in (record_path(arm_dir, step), first_order_path(arm_dir, step)))
         for name, d_logits in record.items():
             if not name.endswith("|logit_perturbation"):
                 continue
@@ -125,8 +119,9 @@ def hair_gradient_shares(profile: Profile, run_dir, arm: Arm, sets, test) -> np.
         arm_settings = arm_profile(profile, arm, seed)
         loss_fn = get_loss(arm_settings.loss)
         values = []
+        arm_dir = arm_run_dir(run_dir, arm, seed)
         for step in record_steps(arm_settings):
-            record = storage.load_tensors(record_path(arm_run_dir(run_dir, arm, seed), step))
+            record = read_record(arm_dir, record_path(arm_dir, step), record_key(arm_settings, arm_dir, step, sets[seed]))
             for s in sets[seed]:
                 targets = test.attributes[torch.as_tensor(s.pushforward)]
                 values.append(gradient_share(loss_fn, record[f"{s.number}|batch_logits"], targets, HAIR_COLOURS))

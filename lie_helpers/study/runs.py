@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..analysis.records import analyse_run
+from ..data.progress import report as report_progress
 from ..training.datasets import load_profile_split
 from ..training.config import Profile
 from ..training.train import train
@@ -70,12 +71,15 @@ def bracket_records(run: SideRun, data: dict, progress: bool = True) -> None:
 
 
 def train_runs(runs, analyse: Callable = bracket_records, *, data: dict | None = None, check: Callable | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, label: str = "runs beside the main run") -> dict:
     """Train every run (or resume it, or find it finished), then `analyse(run, splits, progress=…)`; returns
     seconds per (name, seed). data: the splits of every run (profile_splits); by default each run's own are
-    loaded. check(run, splits): called before training, to refuse a run early."""
+    loaded. check(run, splits): called before training, to refuse a run early. `label` names them on the
+    chain's terminal (lie_helpers.data.progress)."""
     seconds = {}
-    for run in runs:
+    total = len(runs)
+    for done, run in enumerate(runs):
+        report_progress(label, done, total, f"next: {run.run_dir.name}", "runs")
         start = time.perf_counter()
         splits = data if data is not None else profile_splits(run.profile)
         if check is not None:
@@ -85,4 +89,5 @@ def train_runs(runs, analyse: Callable = bracket_records, *, data: dict | None =
               progress=progress)
         analyse(run, splits, progress=progress)
         seconds[(run.name, run.seed)] = time.perf_counter() - start
+    report_progress(label, total, total, unit="runs")
     return seconds

@@ -62,19 +62,29 @@ def stratum_inputs(profile: Profile, test, example_set, stratum: str, dtype=torc
 
 
 def analyse_sources(profile: Profile, run_dir, sets, test) -> None:
-    """Store the run's source record at its last checkpoint, unless one made under the same key exists."""
+    """Store the run's source record at its last checkpoint, listed in the run folder's manifest (sha256 and key),
+    unless one made under the same key verifies there; one that does not is recomputed, saying so."""
     step = source_step(profile)
     path, key = source_record_path(run_dir, step), source_key(profile, run_dir, step, sets)
-    if path.exists() and storage.read_metadata(path).get("key") == key:
-        return
-    model = load_checkpoint(run_dir, step, profile)
-    loss_fn = get_loss(profile.loss)
-    tensors = {}
-    for stratum in sources.SOURCE_STRATA:
-        record = sources.source_record(model, loss_fn, *stratum_inputs(profile, test, source_set(sets), stratum))
-        tensors.update({f"{stratum}|{name}": torch.as_tensor(np.asarray(value)) for name, value in record.items()})
-    storage.atomic_save_tensors(path, tensors, metadata={"key": key, "step": str(step),
-                                                         "sources": ",".join(sources.SOURCES)})
+    with run_folder.lock(run_dir):
+        problem = run_folder.listed_file_problem(run_dir, _relative(run_dir, path), key)
+        if problem is None:
+            return
+        if path.exists():
+            print(f"Recomputing a source record that does not verify: {problem}", flush=True)
+        model = load_checkpoint(run_dir, step, profile)
+        loss_fn = get_loss(profile.loss)
+        tensors = {}
+        for stratum in sources.SOURCE_STRATA:
+            record = sources.source_record(model, loss_fn, *stratum_inputs(profile, test, source_set(sets), stratum))
+            tensors.update({f"{stratum}|{name}": torch.as_tensor(np.asarray(value)) for name, value in record.items()})
+        storage.atomic_save_tensors(path, tensors, metadata={"key": key, "step": str(step),
+                                                             "sources": ",".join(sources.SOURCES)})
+        run_folder.add_file(run_dir, _relative(run_dir, path), key)
+
+
+def _relative(run_dir, path: Path) -> str:
+    return path.relative_to(Path(run_dir)).as_posix()
 
 
 def load_source_record(profile: Profile, run_dir, sets) -> dict:
@@ -82,9 +92,10 @@ def load_source_record(profile: Profile, run_dir, sets) -> dict:
     was made for other examples, weights or sources)."""
     step = source_step(profile)
     path = source_record_path(run_dir, step)
-    if not (path.exists() and storage.read_metadata(path).get("key") == source_key(profile, run_dir, step, sets)):
-        raise ValueError(f"{path} is missing or was made for other examples, weights or sources: run the study "
-                         "(`make study`, or records.train_study_runs), which recomputes it.")
+    problem = run_folder.listed_file_problem(run_dir, _relative(run_dir, path), source_key(profile, run_dir, step, sets))
+    if problem:
+        raise ValueError(f"{problem}: run the study again (`make study`, or records.train_study_runs), which "
+                         "recomputes it.")
     out = {}
     for name, value in storage.load_tensors(path).items():
         stratum, rest = name.split("|", 1)

@@ -11,14 +11,17 @@ seeds, never one machine's printed digits:
 `record` merges values into `<run>/results/<notebook>.json` (written atomically). The checks
 live in `tests/result_checks.toml`, one table per result, `"NN.name"`, with one of
 
-    value = 1.0, abs = 0.1      |x − value| ≤ abs        (or rel = 0.05: ≤ 0.05·|value|)
+    value = 1.0, abs = 0.1      |x − value| ≤ abs        (or rel = 0.05: ≤ 0.05·|value|; both: their sum)
     log10 = 2e-6, factor = 10   value/factor ≤ x ≤ value·factor  (heavy-tailed magnitudes)
     min = 0.9, max = 1.1        bounds (either may be left out)
     equals = true               exact: booleans, counts, shapes, names
 
-and a `measured` line saying what variation the tolerance was chosen from. A list value is
-checked element by element. A check whose result was not recorded fails: a notebook that
-stops recording a result must not pass silently.
+and a `measured` line saying what variation the tolerance was chosen from. The schema is strict
+(`load_checks`): one kind per check, no other key (a misspelled `mxa`, or a `max` beside `value`, is
+an error naming the check and the key), finite numbers for every bound and tolerance, and an empty or
+unreadable checks file is an error naming the file. A list value is checked element by element. A
+non-finite value (inf, -inf, NaN) fails every check unless the check says `allow_nonfinite = true`. A
+check whose result was not recorded fails: a notebook that stops recording a result must not pass silently.
 """
 from __future__ import annotations
 
@@ -34,7 +37,6 @@ from .run_folder import RunPaths
 from ..data.storage import atomic_write_json, read_json
 
 CHECKS_FILE = REPO_DIR / "tests" / "result_checks.toml"
-KINDS = ("equals", "value", "log10", "min", "max")
 
 
 def results_dir(run_root) -> Path:
@@ -69,27 +71,87 @@ def load(run_root) -> dict:
     return found
 
 
+# The keys of each kind of check (beside `measured` and `allow_nonfinite`, which any check may have).
+SCHEMA = {"equals": ({"equals"}, set()), "value": ({"value"}, {"abs", "rel"}), "log10": ({"log10", "factor"}, set()),
+          "range": (set(), {"min", "max"})}
+COMMON_KEYS = {"measured", "allow_nonfinite"}
+NUMBERS = {"value": "a finite number", "abs": "a finite number >= 0", "rel": "a finite number >= 0",
+           "log10": "a finite number > 0", "factor": "a finite number >= 1", "min": "a finite number",
+           "max": "a finite number"}
+
+
 def load_checks(path=CHECKS_FILE) -> dict:
-    """The checks of `path`: {"NN.name": {kind: ..., "measured": ...}}; malformed ones raise."""
-    checks = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    """The checks of `path`: {"NN.name": {kind: ..., "measured": ...}}. An unreadable or empty file, and a check
+    that breaks the schema (module docstring), raise ValueError naming the file and the check."""
+    path = Path(path)
+    try:
+        checks = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"The checks file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"The checks file {path} cannot be read: {err}.") from None
+    if not checks:
+        raise ValueError(f"The checks file {path} holds no checks: a check file that checks nothing passes anything.")
     for name, check in checks.items():
-        kinds = [k for k in KINDS if k in check]
-        if not kinds or ("equals" in kinds and len(kinds) > 1):
-            raise ValueError(f"{path}: check {name!r} needs exactly one of equals, value (+abs/rel), "
-                             f"log10 (+factor) or min/max; has {sorted(check)}.")
-        if "value" in check and not ({"abs", "rel"} & set(check)):
-            raise ValueError(f"{path}: check {name!r} has a value but no abs or rel tolerance.")
-        if "log10" in check and "factor" not in check:
-            raise ValueError(f"{path}: check {name!r} has log10 but no factor.")
+        problem = _schema_problem(check)
+        if problem:
+            raise ValueError(f"{path}: check {name!r} {problem}.")
     return checks
 
 
+def _schema_problem(check) -> str | None:
+    """What is wrong with one check (a table of SCHEMA's keys), or None."""
+    if not isinstance(check, dict):
+        return "is not a table: write it as [\"NN.name\"] followed by its keys"
+    keys = set(check) - COMMON_KEYS
+    unknown = sorted(keys - set().union(*(a | b for a, b in SCHEMA.values())))
+    if unknown:
+        return f"has unknown key(s) {unknown}; allowed: {sorted(set().union(*(a | b for a, b in SCHEMA.values())) | COMMON_KEYS)}"
+    kinds = [kind for kind, (needed, optional) in SCHEMA.items() if keys & (needed | optional)]
+    if len(kinds) != 1:
+        return (f"needs exactly one kind of check (equals; value with abs and/or rel; log10 with factor; min and/or "
+                f"max), has {sorted(keys)}" + (": a bound beside another kind is not applied, so it is refused"
+                                              if len(kinds) > 1 else ""))
+    needed, optional = SCHEMA[kinds[0]]
+    if not needed <= keys or (kinds[0] != "equals" and not keys - needed and optional):
+        what = {"value": "abs or rel (its tolerance)", "log10": "factor", "range": "min or max"}[kinds[0]]
+        return f"has {sorted(keys)} but needs {what}"
+    for key in keys & set(NUMBERS):
+        value = check[key]
+        fine = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if fine and key in ("abs", "rel"):
+            fine = value >= 0
+        elif fine and key == "log10":
+            fine = value > 0
+        elif fine and key == "factor":
+            fine = value >= 1
+        if not fine:
+            return f"has {key} = {value!r}; it must be {NUMBERS[key]}"
+    if "min" in check and "max" in check and check["min"] > check["max"]:
+        return f"has min {check['min']} above max {check['max']}"
+    if "measured" in check and not isinstance(check["measured"], str):
+        return "has a `measured` that is not a string"
+    if not isinstance(check.get("allow_nonfinite", False), bool):
+        return "has an `allow_nonfinite` that is not true or false"
+    return None
+
+
+def _finite(x) -> bool:
+    if isinstance(x, float):
+        return math.isfinite(x)
+    if isinstance(x, list):
+        return all(_finite(v) for v in x)
+    return True
+
+
 def _passes(x, check: dict) -> bool:
+    if not _finite(x):
+        return bool(check.get("allow_nonfinite")) and not (isinstance(x, list) and not x)
     if isinstance(x, list) and "equals" not in check:
         return bool(x) and all(_passes(v, check) for v in x)
     if "equals" in check:
         return x == check["equals"]
-    if not isinstance(x, (int, float)) or isinstance(x, bool) or math.isnan(x):
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
         return False
     if "value" in check:
         tolerance = check.get("abs", 0.0) + check.get("rel", 0.0) * abs(check["value"])
@@ -101,9 +163,17 @@ def _passes(x, check: dict) -> bool:
 
 def expectation(check: dict) -> str:
     """The check in words, for the report."""
+    if check.get("allow_nonfinite"):
+        return _expectation(check) + " or non-finite"
+    return _expectation(check)
+
+
+def _expectation(check: dict) -> str:
     if "equals" in check:
         return f"== {check['equals']}"
     if "value" in check:
+        if "abs" in check and "rel" in check:
+            return f"{check['value']:g} ± ({check['abs']:g} + {check['rel']:.0%})"
         return (f"{check['value']:g} ± {check['abs']:g}" if "abs" in check
                 else f"{check['value']:g} ± {check['rel']:.0%}")
     if "log10" in check:
@@ -160,7 +230,12 @@ def main(argv=None) -> int:
         print(f"No results in {results_dir(args.run_dir)}: run the chain into {args.run_dir} first "
               f"(python -m lie_helpers.chain --run-dir {args.run_dir}).", file=sys.stderr)
         return 2
-    found, checks = load(args.run_dir), load_checks(args.checks)
+    try:
+        checks = load_checks(args.checks)
+    except (ValueError, FileNotFoundError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    found = load(args.run_dir)
     outcomes = check_results(found, checks)
     print(f"Results of {args.run_dir} against {args.checks}:")
     print(report(outcomes, sorted(set(found) - set(checks))))

@@ -20,8 +20,9 @@ convolutions). There is no augmentation, so the data is the only other input.
 from __future__ import annotations
 
 import hashlib
-import time
 import json
+import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..data import storage
+from ..data.progress import note as note_progress, report as report_progress
 from . import run_folder
 from ..data.attributes import ATTRIBUTES
-from .config import Profile
+from .config import PROFILES, Profile
 from .losses import get_loss
 from .mxresnet import mxresnet
 from .run_folder import RunPaths
@@ -44,6 +46,13 @@ from ..data.storage import show
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 EVAL_BATCH = 256  # validation batch size; affects speed only
+# Training stops at the first batch loss this many times the initial validation loss (or non-finite): a healthy run
+# never comes near it, a too-large learning rate jumps past it within a few steps.
+DIVERGENCE_FACTOR = 100.0
+
+
+class TrainingDiverged(ValueError):
+    """Training met a non-finite loss or weight, or a loss far above where it started: nothing after it is kept."""
 
 
 def prepare_inputs(images: torch.Tensor, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -138,7 +147,9 @@ def _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device,
 
     model = build_model(profile).to(device)
     optimizer = make_optimizer(model, profile)
+    task = f"training {Path(run_dir).name}"
     if step is not None:
+        note_progress(f"{task}: resuming from the checkpoint at step {step} of {profile.steps}")
         model.load_state_dict(_load(RunPaths(Path(run_dir)).weights(step), run_dir, step))
         _load_optimizer(model, optimizer, _load(RunPaths(Path(run_dir)).optimizer(step), run_dir, step))
     else:
@@ -149,6 +160,7 @@ def _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device,
     model.train()
     order_epoch, order, losses = None, None, []
     interval_start = time.perf_counter()
+    initial_loss = checkpoint_info(run_dir, 0)["valid_loss"]
     with tqdm(total=profile.steps, initial=step, desc=f"training {profile.name}", disable=not progress) as bar:
         while step < profile.steps:
             epoch, position = divmod(step, batches_per_epoch)
@@ -158,6 +170,8 @@ def _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device,
             losses.append(train_step(model, optimizer, loss_fn,
                                      prepare_inputs(images[idx], device), targets[idx].to(device)))
             step += 1
+            _check_finite(profile, run_dir, step, losses[-1], initial_loss, model)
+            report_progress(task, step, profile.steps, f"loss {losses[-1]:.4f}", "steps")
             # refresh=False: the bar redraws at most every mininterval, not every step (a
             # redraw per step floods a notebook's output channel; a notebook runner can then lose messages).
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
@@ -170,6 +184,35 @@ def _train_locked(profile, run_dir, train_data, valid_data, fingerprint, device,
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", valid_loss=f"{meta['valid_loss']:.4f}")
                 losses, interval_start = [], time.perf_counter()
     return checkpoint_info(run_dir, profile.steps)
+
+
+def non_finite_tensors(model: torch.nn.Module) -> list[str]:
+    """The names of the model's parameters and floating-point buffers that hold NaN or inf."""
+    return [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def _check_finite(profile: Profile, run_dir, step: int, loss: float, initial_loss, model) -> None:
+    """Stop training (TrainingDiverged) at a non-finite loss or weight, or a loss DIVERGENCE_FACTOR times the initial
+    validation loss, naming the step and the usual cause, the learning rate."""
+    bad = non_finite_tensors(model) if math.isfinite(loss) else []
+    if not math.isfinite(loss):
+        what = f"non-finite loss ({loss}) at step {step}"
+    elif bad:
+        what = f"non-finite weight ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}) at step {step}"
+    elif initial_loss is not None and loss > DIVERGENCE_FACTOR * initial_loss:
+        what = (f"the loss diverged at step {step} (batch loss {loss:.3g}, over {DIVERGENCE_FACTOR:g} times the "
+                f"initial validation loss {initial_loss:.3g})")
+    else:
+        return
+    done = run_folder.complete_checkpoints(run_dir)
+    usual = PROFILES[profile.name].lr if profile.name in PROFILES else None
+    raise TrainingDiverged(
+        f"Training stopped: {what} of {profile.steps}. Checkpoints up to step {done[-1] if done else 0} are kept, "
+        f"nothing after them. Hint: lr = {profile.lr:g} is probably too large a learning rate"
+        + (f" (profile {profile.name!r} uses {usual:g})" if usual is not None and usual != profile.lr else "")
+        + f"; try a smaller one, e.g. --set lr={profile.lr / 10:g} in the chain (a run with other settings trains in "
+          "its own folder).")
 
 
 def _check_data(profile: Profile, data, name: str) -> None:
@@ -334,7 +377,14 @@ def load_checkpoint(run_dir, step: int, profile: Profile, *, dtype=torch.float32
                          f"({info['profile']['name']!r}), not {profile.hash()} ({profile.name!r}): "
                          f"pass the profile it was trained with.")
     model = build_model(profile)
-    model.load_state_dict(_load(_verified(run_dir, step, "weights"), run_dir, step))
+    path = _verified(run_dir, step, "weights")
+    model.load_state_dict(_load(path, run_dir, step))
+    bad = non_finite_tensors(model)
+    if bad:
+        raise ValueError(f"Checkpoint {step} of {show(run_dir)}: {show(path)} holds non-finite weights (NaN or inf in "
+                         f"{', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}); nothing is computed from it. Train the "
+                         "run again with a smaller learning rate (training stops at the first non-finite weight, so "
+                         "this checkpoint did not come from it).")
     return model.to(device=device, dtype=dtype).eval()
 
 
