@@ -31,17 +31,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..engine.adam import AdamState, adam_bracket
 from ..engine.brackets import field_norm, gradient, lie_bracket
 from ..engine.numerics import cosine
-from ..training.config import Profile, swap_steps
+from ..training.config import Profile
 from ..training.losses import get_loss
-from ..training.mxresnet import with_stem_pool
 from ..training.train import default_device, prepare_inputs
 from .order_effects import next_minibatches
-from .swap_orders import adam_run, checkpoint_pairs
+from .swap_orders import adam_run, checkpoint_swaps
 
 LATER_KS = (0, 1, 2, 5, 10, 20)                # continuation lengths with training's later minibatches
 ZERO_KS = (0, 1, 2, 5, 10, 20, 40, 80)         # … with zero gradients
@@ -140,31 +138,21 @@ def measure_run_persistence(profile: Profile, run_dir, train_data, ambiguous, *,
     """measure_persistence at `steps` (default config.swap_steps) for the pairs of choose_pairs (the first
     `pairs` of them), on the trained network and its average-pool twin; the later-minibatch continuation (training's minibatches after the pair)
     on `later_stems` only (it costs a training step per step)."""
-    steps = swap_steps(profile) if steps is None else list(steps)
-    if not steps:
-        raise ValueError(f"Profile {profile.name!r} measures no swaps (swap_checkpoints={profile.swap_checkpoints}).")
     images, attributes = train_data
     loss_fn = get_loss(profile.loss)
     device = default_device() if device is None else torch.device(device)
     out = []
-    count = min(2 * per_kind, pairs or 2 * per_kind)
-    with tqdm(total=len(steps) * count * len(stems), desc="persistence", disable=not progress) as bar:
-        for step in steps:
-            model, state, chosen = checkpoint_pairs(profile, run_dir, train_data, ambiguous, step, per_kind, pairs,
-                                                    device)
-            for stem in stems:
-                net = model if stem == "max" else with_stem_pool(model, stem)
-                for pair, (a, b) in chosen:
-                    later = []
-                    if stem in later_stems:
-                        after = next_minibatches(profile, len(images), pair.step, 2 * 40 + max(later_ks))
-                        start = _position_after(after, pair)
-                        later = [(prepare_inputs(images[i], device, torch.float64), attributes[i].to(device, torch.float64))
-                                 for i in after[start:start + max(later_ks)]]
-                    out.append(measure_persistence(net, state.with_lr(profile.lr), loss_fn, a, b, later, step=step,
-                                                   ambiguous=pair.ambiguous, stem=stem, later_ks=later_ks,
-                                                   zero_ks=zero_ks))
-                    bar.update(1)
+    for step, stem, net, state, pair, a, b in checkpoint_swaps(
+            profile, run_dir, train_data, ambiguous, steps=steps, per_kind=per_kind, pairs=pairs, stems=stems,
+            device=device, desc="persistence", progress=progress):
+        later = []
+        if stem in later_stems:
+            after = next_minibatches(profile, len(images), pair.step, 2 * 40 + max(later_ks))
+            start = _position_after(after, pair)
+            later = [(prepare_inputs(images[i], device, torch.float64), attributes[i].to(device, torch.float64))
+                     for i in after[start:start + max(later_ks)]]
+        out.append(measure_persistence(net, state.with_lr(profile.lr), loss_fn, a, b, later, step=step,
+                                       ambiguous=pair.ambiguous, stem=stem, later_ks=later_ks, zero_ks=zero_ks))
     return out
 
 

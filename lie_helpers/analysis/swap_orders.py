@@ -210,33 +210,41 @@ def checkpoint_pairs(profile: Profile, run_dir, train_data, ambiguous, step: int
     return model, state, pairs
 
 
-def measure_run_orders(profile: Profile, run_dir, train_data, fixed_batch: torch.Tensor, ambiguous, *,
-                       steps=None, per_kind: int = 1, pairs: int | None = None, stems=("max", "avg"),
-                       lr_factors=LR_FACTORS, device=None, progress: bool = True) -> list[SwapOrders]:
-    """measure_swap_orders at `steps` (default config.swap_steps), for the pairs of choose_pairs (`per_kind`
-    with the most and with the fewest ambiguous faces; only the first `pairs` of them), on the trained network
-    ("max") and its average-pool twin ("avg"). train_data: (uint8 images, attributes) of the training split; fixed_batch: the prepared
-    pushforward batch."""
+def checkpoint_swaps(profile: Profile, run_dir, train_data, ambiguous, *, steps=None, per_kind: int = 1,
+                     pairs: int | None = None, stems=("max", "avg"), device=None, desc: str = "swaps",
+                     progress: bool = True):
+    """Every swap the run measures, as (step, stem, network, AdamState, pair, minibatch A, minibatch B), with a
+    progress bar: at `steps` (default config.swap_steps), the pairs of checkpoint_pairs, on each of `stems` ("max":
+    the trained network; "avg": its average-pool twin), in float64 on `device` (default: training.default_device)."""
     steps = swap_steps(profile) if steps is None else list(steps)
     if not steps:
         raise ValueError(f"Profile {profile.name!r} measures no swaps (swap_checkpoints={profile.swap_checkpoints}).")
-    loss_fn = get_loss(profile.loss)
     device = default_device() if device is None else torch.device(device)
-    inputs = fixed_batch.to(device=device, dtype=torch.float64)
-    lrs = [profile.lr * f for f in lr_factors]
-    out = []
     count = min(2 * per_kind, pairs or 2 * per_kind)
-    with tqdm(total=len(steps) * count * len(stems), desc="swap orders", disable=not progress) as bar:
+    with tqdm(total=len(steps) * count * len(stems), desc=desc, disable=not progress) as bar:
         for step in steps:
             model, state, chosen = checkpoint_pairs(profile, run_dir, train_data, ambiguous, step, per_kind, pairs,
                                                     device)
             for stem in stems:
                 net = model if stem == "max" else with_stem_pool(model, stem)
                 for pair, (a, b) in chosen:
-                    out.append(measure_swap_orders(net, state, loss_fn, a, b, inputs, lrs, step=step,
-                                                   ambiguous=pair.ambiguous, stem=stem))
+                    yield step, stem, net, state, pair, a, b
                     bar.update(1)
-    return out
+
+
+def measure_run_orders(profile: Profile, run_dir, train_data, fixed_batch: torch.Tensor, ambiguous, *,
+                       steps=None, per_kind: int = 1, pairs: int | None = None, stems=("max", "avg"),
+                       lr_factors=LR_FACTORS, device=None, progress: bool = True) -> list[SwapOrders]:
+    """measure_swap_orders for every swap of checkpoint_swaps (`per_kind` pairs with the most and with the fewest
+    ambiguous faces, only the first `pairs` of them, on each stem). train_data: (uint8 images, attributes) of the
+    training split; fixed_batch: the prepared pushforward batch."""
+    device = default_device() if device is None else torch.device(device)
+    loss_fn, inputs = get_loss(profile.loss), fixed_batch.to(device=device, dtype=torch.float64)
+    lrs = [profile.lr * f for f in lr_factors]
+    return [measure_swap_orders(net, state, loss_fn, a, b, inputs, lrs, step=step, ambiguous=pair.ambiguous, stem=stem)
+            for step, stem, net, state, pair, a, b in checkpoint_swaps(
+                profile, run_dir, train_data, ambiguous, steps=steps, per_kind=per_kind, pairs=pairs, stems=stems,
+                device=device, desc="swap orders", progress=progress)]
 
 
 # ----------------------------------------------------------------------------- what they show

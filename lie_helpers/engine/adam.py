@@ -122,9 +122,8 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
-from .brackets import (ROWS_ABOVE_PARAMETERS_ON_CPU, BracketMatrix, bracket_mode, check_example, check_pair,
-                       check_pairs, checked_pairs_per_call, detached, example_loss, gradient, hessian_vector_products,
-                       hvp, pair_chunks, parameters_of)
+from .brackets import (BracketMatrix, bracket_mode, check_pair, collect_matrix, detached, example_loss, gradient,
+                       hessian_vector_products, hvp, matrix_request, pair_chunks, parameters_of)
 
 Params = dict  # name -> tensor, keyed like parameters_of(model)
 
@@ -410,30 +409,12 @@ def adam_bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tenso
     """
     params = parameters_of(model)
     state.check(params)
-    pairs_per_call = checked_pairs_per_call(pairs_per_call)
-    if inputs.shape[0] != targets.shape[0]:
-        raise ValueError(f"inputs and targets hold different numbers of examples: "
-                         f"{inputs.shape[0]} and {targets.shape[0]}.")
-    n = inputs.shape[0]
-    if n < 2:
-        raise ValueError(f"adam_bracket_matrix needs at least 2 examples, got {n}.")
-    check_example((inputs[:1], targets[:1]), "inputs[0]", params)
-    pairs = check_pairs(n, pairs)
+    n, pairs, pairs_per_call, method = matrix_request("adam_bracket_matrix", params, inputs, targets, pairs,
+                                                      pairs_per_call, method)
     p = state.preconditioner()
-    if method == "auto":
-        large = sum(t.numel() for t in params.values()) > ROWS_ABOVE_PARAMETERS_ON_CPU
-        method = "rows" if inputs.device.type == "cpu" and large else "vmap"
     loss_at = example_loss(model, loss_fn)
     if method == "vmap":
         stream = _adam_brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call, state, p)
-    elif method == "rows":
-        stream = _adam_brackets_by_rows(loss_at, params, inputs, targets, pairs, state, p)
     else:
-        raise ValueError(f"method must be 'auto', 'vmap' or 'rows', got {method!r}.")
-    reduce = reduce or (lambda b: b)
-    result = BracketMatrix(n)
-    with bracket_mode(model, bn_mode):
-        result.gradients = [(reduce_gradient or (lambda g: g))(g) for g in next(stream)]
-        for pair, bracket in stream:
-            result.brackets[pair] = reduce(bracket)
-    return result
+        stream = _adam_brackets_by_rows(loss_at, params, inputs, targets, pairs, state, p)
+    return collect_matrix(model, bn_mode, n, stream, reduce, reduce_gradient)

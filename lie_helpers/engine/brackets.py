@@ -400,26 +400,39 @@ def bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, ta
     the very vmapped calls of the whole matrix, so on the CPU its brackets are those bits.
     """
     params = parameters_of(model)
+    n, pairs, pairs_per_call, method = matrix_request("bracket_matrix", params, inputs, targets, pairs,
+                                                      pairs_per_call, method)
+    loss_at = example_loss(model, loss_fn)
+    if method == "vmap":
+        stream = brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call)
+    else:
+        stream = brackets_by_rows(loss_at, params, inputs, targets, pairs)
+    return collect_matrix(model, bn_mode, n, stream, reduce, reduce_gradient)
+
+
+def matrix_request(name: str, params: Params, inputs, targets, pairs, pairs_per_call, method: str):
+    """(N, pairs, pairs_per_call, method) of a matrix of brackets among N examples, checked, with method "auto"
+    resolved ("rows" for a large model on the CPU, else "vmap"): bracket_matrix and engine.adam's matrix share it."""
     pairs_per_call = checked_pairs_per_call(pairs_per_call)
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs and targets hold different numbers of examples: "
                          f"{inputs.shape[0]} and {targets.shape[0]}.")
     n = inputs.shape[0]
     if n < 2:
-        raise ValueError(f"bracket_matrix needs at least 2 examples, got {n}.")
+        raise ValueError(f"{name} needs at least 2 examples, got {n}.")
     check_example((inputs[:1], targets[:1]), "inputs[0]", params)
     pairs = check_pairs(n, pairs)
     if method == "auto":
-        on_cpu = inputs.device.type == "cpu"
         large = sum(p.numel() for p in params.values()) > ROWS_ABOVE_PARAMETERS_ON_CPU
-        method = "rows" if on_cpu and large else "vmap"
-    loss_at = example_loss(model, loss_fn)
-    if method == "vmap":
-        stream = brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call)
-    elif method == "rows":
-        stream = brackets_by_rows(loss_at, params, inputs, targets, pairs)
-    else:
+        method = "rows" if inputs.device.type == "cpu" and large else "vmap"
+    if method not in ("vmap", "rows"):
         raise ValueError(f"method must be 'auto', 'vmap' or 'rows', got {method!r}.")
+    return n, pairs, pairs_per_call, method
+
+
+def collect_matrix(model: nn.Module, bn_mode: str, n: int, stream, reduce=None, reduce_gradient=None) -> BracketMatrix:
+    """A BracketMatrix from a stream of brackets (first the N gradients, then (pair, bracket) as each is complete),
+    run in bracket_mode and reduced as it comes, so no full bracket outlives its reduction."""
     reduce = reduce or (lambda b: b)
     result = BracketMatrix(n)
     with bracket_mode(model, bn_mode):
