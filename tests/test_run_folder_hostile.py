@@ -1,7 +1,6 @@
 """A run folder that cannot be fooled, part two (issue 18): the reproductions of a hostile probe, each failing on
 the version the issue was filed against. Chain-level ones (a deleted record, planted links, a second chain,
 Ctrl-C) are in tests/test_chain_hostile.py."""
-import hashlib
 import os
 import shutil
 import signal
@@ -13,36 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lie_helpers.analysis import records as analysis
 from lie_helpers.data import storage
 from lie_helpers.training import run_folder
 from lie_helpers.training import train as T
 from lie_helpers.training.config import get_profile
 from lie_helpers.training.run_folder import RunPaths
+from test_run_folder import PROFILE, SETTINGS, analyse, train
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = dict(image_size=16, width=0.125, steps=5, batch_size=8, checkpoint_every=2, eval_images=12,
-                bracket_examples=3, pushforward_batch=5, swap_checkpoints=0)
-PROFILE = get_profile("ci", **SETTINGS)
-
-
-def random_split(n, seed, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-            torch.randint(0, 2, (n, 40), generator=g))
-
-
-TRAIN, VALID, TEST = random_split(24, 0), random_split(16, 1), random_split(8, 2)
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def train(run_dir, profile=PROFILE):
-    return T.train(profile, run_dir, TRAIN, VALID, fingerprint="data-a", progress=False, device="cpu")
-
-
-def analyse(run_dir, profile=PROFILE):
-    return analysis.analyse_run(profile, TEST, run_dir=run_dir, fingerprint="data-a", progress=False, device="cpu")
 
 
 def python(code: str, **kwargs) -> subprocess.CompletedProcess:
