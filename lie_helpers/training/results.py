@@ -39,8 +39,8 @@ from ..data.storage import atomic_write_json, read_json
 CHECKS_FILE = REPO_DIR / "tests" / "result_checks.toml"
 
 
-def results_dir(run_root) -> Path:
-    return RunPaths(Path(run_root)).results
+def results_dir(run_dir) -> Path:
+    return RunPaths(Path(run_dir)).results
 
 
 def _plain(value):
@@ -54,19 +54,19 @@ def _plain(value):
     return value
 
 
-def record(run_root, notebook: str, **values) -> None:
+def record(run_dir, notebook: str, **values) -> None:
     """Merge `values` into the results of `notebook` ("00" … "05") in the run folder (a notebook cell that ends
     with it shows nothing: what it records depends on the run folder, not only on the cell)."""
-    path = results_dir(run_root) / f"{notebook}.json"
+    path = results_dir(run_dir) / f"{notebook}.json"
     current = read_json(path) if path.exists() else {}
     current.update({name: _plain(v) for name, v in values.items()})
     atomic_write_json(path, current)
 
 
-def load(run_root) -> dict:
+def load(run_dir) -> dict:
     """Every recorded result of a run, keyed "NN.name"."""
     found = {}
-    for path in sorted(results_dir(run_root).glob("*.json")):
+    for path in sorted(results_dir(run_dir).glob("*.json")):
         found.update({f"{path.stem}.{name}": v for name, v in read_json(path).items()})
     return found
 

@@ -118,8 +118,8 @@ class RunPaths:
         return self.brackets / "full" / f"{step_name(step)}.safetensors"
 
 
-def _paths(run) -> RunPaths:
-    return run if isinstance(run, RunPaths) else RunPaths(Path(run))
+def _paths(run_dir) -> RunPaths:
+    return run_dir if isinstance(run_dir, RunPaths) else RunPaths(Path(run_dir))
 
 
 # ----------------------------------------------------------------------------- the lock
@@ -129,7 +129,7 @@ class LockError(RuntimeError):
 
 
 @contextlib.contextmanager
-def lock(run, timeout: float | None = None, *, hand_on: bool = False):
+def lock(run_dir, timeout: float | None = None, *, hand_on: bool = False):
     """Hold the run folder's lock; a second writer waits `timeout` seconds (LOCK_WAIT_SECONDS), then refuses, naming
     the holder. On taking it, temporary files that killed writers left in the folder are removed.
 
@@ -137,7 +137,7 @@ def lock(run, timeout: float | None = None, *, hand_on: bool = False):
     environment variable HELD_LOCKS (the chain does this for its notebooks' kernels), and a `lock` in a process
     that inherited it, while the holder that handed it on still holds it, enters at once.
     """
-    paths = _paths(run)
+    paths = _paths(run_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.lock.is_symlink() or paths.holder.is_symlink():
         link = paths.lock if paths.lock.is_symlink() else paths.holder
@@ -220,10 +220,10 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(run) -> dict:
+def read_manifest(run_dir) -> dict:
     """The manifest ({"checkpoints": {step: entry}, "records": {step: entry}, "files": {path: entry}}, steps as
     strings, paths relative to the run folder); empty when absent."""
-    path = _paths(run).manifest
+    path = _paths(run_dir).manifest
     manifest = storage.read_json(path) if path.exists() else {}
     manifest.setdefault("version", MANIFEST_VERSION)
     manifest.setdefault("checkpoints", {})
@@ -232,42 +232,42 @@ def read_manifest(run) -> dict:
     return manifest
 
 
-def _write_manifest(run, manifest: dict) -> None:
-    storage.atomic_write_json(_paths(run).manifest, manifest)
+def _write_manifest(run_dir, manifest: dict) -> None:
+    storage.atomic_write_json(_paths(run_dir).manifest, manifest)
 
 
-def complete_checkpoints(run) -> list[int]:
+def complete_checkpoints(run_dir) -> list[int]:
     """Steps of the checkpoints the manifest lists as complete, ascending (their files are checked on use)."""
-    return sorted(int(s) for s in read_manifest(run)["checkpoints"])
+    return sorted(int(s) for s in read_manifest(run_dir)["checkpoints"])
 
 
-def checkpoint_entry(run, step: int) -> dict:
-    entry = read_manifest(run)["checkpoints"].get(str(step))
+def checkpoint_entry(run_dir, step: int) -> dict:
+    entry = read_manifest(run_dir)["checkpoints"].get(str(step))
     if entry is None:
         raise FileNotFoundError(f"{show(_paths(run).root)} has no complete checkpoint at step {step} "
                                 f"(complete: {complete_checkpoints(run)}).")
     return entry
 
 
-def add_checkpoint(run, step: int, key: dict) -> None:
+def add_checkpoint(run_dir, step: int, key: dict) -> None:
     """Mark checkpoint `step` complete: hash its files (all written) into the manifest. Hold the lock."""
-    paths = _paths(run)
+    paths = _paths(run_dir)
     manifest = read_manifest(paths)
     files = {"weights": paths.weights(step), "optimizer": paths.optimizer(step), "info": paths.info(step)}
     manifest["checkpoints"][str(step)] = {"key": key, "sha256": {k: sha256(p) for k, p in files.items()}}
     _write_manifest(paths, manifest)
 
 
-def forget_checkpoints_after(run, step: int) -> None:
+def forget_checkpoints_after(run_dir, step: int) -> None:
     """Drop the entries of checkpoints after `step` (training rewrites them). Hold the lock."""
-    manifest = read_manifest(run)
+    manifest = read_manifest(run_dir)
     manifest["checkpoints"] = {s: e for s, e in manifest["checkpoints"].items() if int(s) <= step}
-    _write_manifest(run, manifest)
+    _write_manifest(run_dir, manifest)
 
 
-def checkpoint_problem(run, step: int, parts=("weights", "info")) -> str | None:
+def checkpoint_problem(run_dir, step: int, parts=("weights", "info")) -> str | None:
     """Why checkpoint `step`'s `parts` (weights, optimizer, info) cannot be trusted, or None when they can."""
-    paths = _paths(run)
+    paths = _paths(run_dir)
     entry = read_manifest(paths)["checkpoints"].get(str(step))
     if entry is None:
         return f"checkpoint {step} is not complete (no manifest entry in {show(paths.manifest)})"
@@ -291,18 +291,18 @@ def file_problem(path: Path, expected_sha256: str) -> str | None:
     return None
 
 
-def add_record(run, step: int, key: str) -> None:
+def add_record(run_dir, step: int, key: str) -> None:
     """Mark the bracket record of `step` (written) as made under `key` from the checkpoint now listed. Hold the lock."""
-    paths = _paths(run)
+    paths = _paths(run_dir)
     manifest = read_manifest(paths)
     manifest["records"][str(step)] = {"key": key, "sha256": sha256(paths.record(step)),
                                       "checkpoint": manifest["checkpoints"][str(step)]["sha256"]["weights"]}
     _write_manifest(paths, manifest)
 
 
-def record_problem(run, step: int, key: str) -> str | None:
+def record_problem(run_dir, step: int, key: str) -> str | None:
     """Why the bracket record of checkpoint `step` cannot be used under analysis `key`, or None when it can."""
-    paths = _paths(run)
+    paths = _paths(run_dir)
     manifest = read_manifest(paths)
     entry, checkpoint = manifest["records"].get(str(step)), manifest["checkpoints"].get(str(step))
     path = paths.record(step)
@@ -315,19 +315,19 @@ def record_problem(run, step: int, key: str) -> str | None:
     return file_problem(path, entry["sha256"])
 
 
-def add_file(run, relative: str, key: str) -> None:
+def add_file(run_dir, relative: str, key: str) -> None:
     """List the file `relative` (to the run folder; written) in the manifest with its sha256 and the key it was made
     under: the study's records (lie_helpers.study.records). Hold the lock."""
-    paths = _paths(run)
+    paths = _paths(run_dir)
     manifest = read_manifest(paths)
     manifest["files"][relative] = {"key": key, "sha256": sha256(paths.root / relative)}
     _write_manifest(paths, manifest)
 
 
-def listed_file_problem(run, relative: str, key: str | None = None) -> str | None:
+def listed_file_problem(run_dir, relative: str, key: str | None = None) -> str | None:
     """Why the file `relative` (to the run folder) cannot be used under `key` (None: any key), or None when it can:
     missing, in no manifest entry, made under another key, or altered since it was listed."""
-    paths = _paths(run)
+    paths = _paths(run_dir)
     path, entry = paths.root / relative, read_manifest(paths)["files"].get(relative)
     if not path.exists():
         return f"{show(path)} is missing"
@@ -338,11 +338,11 @@ def listed_file_problem(run, relative: str, key: str | None = None) -> str | Non
     return file_problem(path, entry["sha256"])
 
 
-def listed_files(run) -> dict[str, str]:
+def listed_files(run_dir) -> dict[str, str]:
     """Every file the manifests of the run folder and of the runs inside it (hypothesis/, study/) list, as
     {path relative to the run folder: sha256}: what a stage that read the folder depends on (the chain
     records it when a stage finishes and checks it before calling the stage up to date)."""
-    root = _paths(run).root
+    root = _paths(run_dir).root
     manifests = [root / "manifest.json"] if (root / "manifest.json").is_file() else []
     manifests += sorted(p for p in root.glob("*/*/manifest.json") if p.is_file())     # hypothesis/*/, study/*/
     listed = {}
@@ -358,11 +358,11 @@ def listed_files(run) -> dict[str, str]:
     return dict(sorted(listed.items()))
 
 
-def listed_files_problem(run, files: dict[str, str], hashes: dict | None = None) -> str | None:
+def listed_files_problem(run_dir, files: dict[str, str], hashes: dict | None = None) -> str | None:
     """The first of `files` ({relative path: sha256}, listed_files) that the manifests no longer list as it was, or
     that is missing or altered in the run folder (named as the user can type it), or None. `hashes` caches what
     is read (sha256 by path, the listing under None) across calls: clear it when the folder changes."""
-    root = _paths(run).root
+    root = _paths(run_dir).root
     hashes = {} if hashes is None else hashes
     if None not in hashes:
         hashes[None] = listed_files(root)
@@ -379,10 +379,10 @@ def listed_files_problem(run, files: dict[str, str], hashes: dict | None = None)
     return None
 
 
-def stray_files(run) -> list[Path]:
+def stray_files(run_dir) -> list[Path]:
     """Checkpoint files and bracket records of steps that are no complete checkpoint (e.g. a copy under another
     step's name, or an interrupted write); training rewrites checkpoint files of the steps it reaches."""
-    paths = _paths(run)
+    paths = _paths(run_dir)
     steps = set(complete_checkpoints(paths))
     files = [*paths.checkpoints.glob("step_*"), *paths.brackets.glob("step_*.safetensors")]
     return sorted(p for p in files if not (p.name[5:11].isdigit() and int(p.name[5:11]) in steps))
