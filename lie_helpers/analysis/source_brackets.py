@@ -57,8 +57,16 @@ from ..engine.brackets import bracket_mode, check_example, check_pairs, paramete
 from ..training.losses import IndependentBCE, SoftmaxGroupLoss
 
 REST = "rest"
-TANGENTS_PER_CALL = 96     # Hessian-vector products of single examples in one vmapped call (memory bound)
-PUSH_PER_CALL = 48         # tangents of the pushforward batch in one vmapped call (memory bound)
+TANGENTS_PER_CALL = 96     # Hessian-vector products of single examples in one vmapped call (memory bound) …
+PUSH_PER_CALL = 48         # … and tangents of the pushforward batch in one: both for a model of …
+REFERENCE_PARAMETERS = 708_624   # … the default profile's size; a larger model takes proportionally fewer (per_call)
+
+
+def per_call(base: int, params: dict) -> int:
+    """`base` vmapped tangents at a time for a model of REFERENCE_PARAMETERS, proportionally fewer for a larger one
+    (memory grows with tangents × model): measured at width 1.0 (11.2 M parameters), 96 and 48 took 13.6 GB."""
+    n = sum(t.numel() for t in params.values())
+    return max(2, int(base * min(1.0, REFERENCE_PARAMETERS / n)))
 
 
 # ----------------------------------------------------------------------------- sources of a loss
@@ -189,7 +197,7 @@ def _chunked(fn, tensors: list, chunk: int):
 
 def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor, *,
                     sources=None, self_part: bool = False, keep_parameter_space: bool = False,
-                    pairs=None, tangents_per_call: int = TANGENTS_PER_CALL) -> SourceBrackets:
+                    pairs=None, tangents_per_call: int | None = None) -> SourceBrackets:
     """Source parts S_k (and with `self_part` the self parts D_k) of every bracket among the examples
     (inputs[i:i+1], targets[i:i+1]), pushed onto `batch`; and each example's per-source J·v.
 
@@ -202,10 +210,12 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
     Hessian-vector products, vmapped over the sources with each example's forward pass shared, and over
     as many pairs as fit in `tangents_per_call` products (with `self_part` also H_{j,s} g_{i,s} and
     H_{i,s} g_{j,s}, the Hessian of term s alone, in the same call); the differences are pushed onto the
-    batch in vmapped Jacobian-vector products that share the batch's forward pass (PUSH_PER_CALL at once).
+    batch in vmapped Jacobian-vector products that share the batch's forward pass (per_call(PUSH_PER_CALL) at once).
     Memory: N·S gradients, the products of one call, S = number of sources.
     """
     params = parameters_of(model)
+    tangents_per_call = tangents_per_call or per_call(TANGENTS_PER_CALL, params)
+    push_per_call = per_call(PUSH_PER_CALL, params)
     dtype = next(iter(params.values())).dtype
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs and targets hold different numbers of examples: {inputs.shape[0]} and {targets.shape[0]}.")
@@ -253,7 +263,7 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
     def push_all(v):                                      # [..., *shape] -> [..., batch, outputs], chunked
         lead = next(iter(v.values())).shape[:2]
         flat = {k: t.reshape(-1, *t.shape[2:]) for k, t in v.items()}
-        return _chunked(push, [flat], PUSH_PER_CALL).detach().reshape(*lead, batch.shape[0], -1)
+        return _chunked(push, [flat], push_per_call).detach().reshape(*lead, batch.shape[0], -1)
 
     weights = torch.cat([ones, sel]) if self_part else ones       # [W, terms]: full Hessian (and term s's)
     width = weights.shape[0]
@@ -327,12 +337,14 @@ class SourceProjections:
 
 
 def source_projections(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor,
-                       directions: torch.Tensor, *, pairs=None, tangents_per_call: int = TANGENTS_PER_CALL,
+                       directions: torch.Tensor, *, pairs=None, tangents_per_call: int | None = None,
                        unit_rows: bool = False) -> SourceProjections:
     """Every source's part of every bracket (and of J·v) projected on `directions` [M, batch, outputs], by the
     adjoint above: M batch VJPs (one-example VJPs with `unit_rows`, when each direction is a unit vector of one
     logit), N·M Hessian-vector products, and N²·M·S inner products of parameter vectors."""
     params = parameters_of(model)
+    tangents_per_call = tangents_per_call or per_call(TANGENTS_PER_CALL, params)
+    push_per_call = per_call(PUSH_PER_CALL, params)
     dtype = next(iter(params.values())).dtype
     n = inputs.shape[0]
     if n < 2 or inputs.shape[0] != targets.shape[0]:
@@ -374,7 +386,7 @@ def source_projections(model, loss_fn, inputs: torch.Tensor, targets: torch.Tens
                          [batch[image], pick], tangents_per_call)
         else:
             _, pull = vjp(lambda p: logits_at(p, batch), params)
-            w = _chunked(lambda u: vmap(pull)(u)[0], [directions], PUSH_PER_CALL)
+            w = _chunked(lambda u: vmap(pull)(u)[0], [directions], push_per_call)
         flat_grads = torch.stack([torch.cat([t.reshape(len(layout), -1) for t in
                                              source_gradients(params, inputs[e:e + 1], targets[e:e + 1], sel).values()], dim=1)
                                   for e in range(n)])                                              # [N, S, P]
@@ -404,7 +416,7 @@ def unit_directions(batch_size: int, n_outputs: int, outputs, dtype=torch.float3
 
 
 def source_brackets_on_outputs(model, loss_fn, inputs, targets, batch, outputs, *, pairs=None,
-                               tangents_per_call: int = TANGENTS_PER_CALL) -> SourceBrackets:
+                               tangents_per_call: int | None = None) -> SourceBrackets:
     """Exactly source_brackets(...) restricted to the logits `outputs` (every source, no "rest"), by the adjoint:
     pushforward [pairs, sources, batch, len(outputs)], first_order [examples, sources, batch, len(outputs)].
 
