@@ -19,6 +19,7 @@ from lie_helpers.engine.numerics import loglog_fit
 from lie_helpers.training import train as T
 from lie_helpers.training.config import get_profile
 from lie_helpers.training.mxresnet import with_stem_pool
+from test_adam_bracket import conv_net
 from test_train import random_data
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -30,18 +31,6 @@ BETAS = (0.8, 0.999)
 
 def loss_fn(logits, targets):
     return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-def conv_net():
-    """Conv, BatchNorm, Mish twice, average-pooled to a linear head: smooth in θ, BatchNorm statistics from one batch."""
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.Mish(),
-        nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4), nn.Mish(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).to(DTYPE)
-    with torch.no_grad():
-        model.train()(torch.randn(16, 3, 6, 6, dtype=DTYPE))
-    return model.eval()
 
 
 def mlp():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lie_helpers.study import stats as S
+from test_stats import holm_rejects
 
 
 def test_sign_flip_p_is_the_scipy_test_of_the_shifted_differences():
@@ -71,15 +72,6 @@ def test_beyond_twelve_seeds_the_interval_inverts_its_own_monte_carlo_test():
     assert S.sign_flip_p(d, delta=high + 1e-9, n_resamples=4999) <= 0.05
     scipy_p = S.sign_flip_test(d - low)                             # scipy's own random patterns: close, not equal
     assert abs(scipy_p - 0.05) < 0.02
-
-
-def holm_rejects(p, alpha):
-    rejected, m = np.zeros(len(p), bool), len(p)
-    for i, k in enumerate(np.argsort(p)):
-        if p[k] > alpha / (m - i):
-            break
-        rejected[k] = True
-    return rejected
 
 
 def test_holm_levels_make_intervals_agree_with_holm():

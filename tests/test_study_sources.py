@@ -4,27 +4,16 @@ agree with Holm, and the verdict follows planted numbers."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from lie_helpers.analysis import source_brackets as sb
 from lie_helpers.data.attributes import ATTRIBUTES, HAIR_COLOURS
 from lie_helpers.study import contrasts, known_answers, sources, verdict
 from lie_helpers.study.sources import GLASSES, HAIR, MAKEUP, REFERENCE, SOURCES
 from lie_helpers.training.losses import LOSSES, SoftmaxGroupLoss, get_loss
+from test_source_brackets import tiny_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DTYPE = torch.float64
-
-
-def tiny_net(outputs, seed=0):
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.Mish(),
-        nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4), nn.Mish(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, outputs)).to(DTYPE)
-    with torch.no_grad():
-        model.train()(torch.randn(16, 3, 6, 6, dtype=DTYPE))
-    return model.eval()
 
 
 def targets(n, seed=3):
