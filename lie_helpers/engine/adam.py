@@ -120,10 +120,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.func import grad, vmap
 
-from .brackets import (BracketMatrix, bracket_mode, check_pair, collect_matrix, detached, example_loss, gradient,
-                       hessian_vector_products, hvp, matrix_request, pair_chunks, parameters_of)
+from .brackets import (BracketMatrix, bracket_mode, brackets_vmapped, check_pair, collect_matrix, example_loss,
+                       gradient, hvp, matrix_request, parameters_of)
 
 Params = dict  # name -> tensor, keyed like parameters_of(model)
 
@@ -355,22 +354,6 @@ def _tangents(gradients: Params, state: AdamState, p: Params) -> Params:
     return {n: p[n] * ((1 - beta1) * t + beta1 * state.m[n]) for n, t in gradients.items()}
 
 
-def _adam_brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call, state, p):
-    """Gradients, then (pair, 𝔅) per chunk of vmapped products, as brackets.brackets_vmapped with tangents w_i."""
-    products = hessian_vector_products(loss_at, bn_mode)
-    gradients = vmap(grad(loss_at), in_dims=(None, 0, 0))(params, inputs[:, None], targets[:, None])
-    yield [{k: t[i] for k, t in gradients.items()} for i in range(inputs.shape[0])]
-    tangents = _tangents(gradients, state, p)
-    for chunk in pair_chunks(pairs, pairs_per_call):
-        # Products 2k and 2k+1 are H_j w_i and H_i w_j for the k-th pair (i, j).
-        example = torch.tensor([e for i, j in chunk for e in (j, i)], device=inputs.device)
-        tangent = torch.tensor([t for i, j in chunk for t in (i, j)], device=inputs.device)
-        hvps = detached(products(params, inputs[example][:, None], targets[example][:, None],
-                                 {k: t[tangent] for k, t in tangents.items()}))
-        for k, pair in enumerate(chunk):
-            yield pair, {name: p[name] * (t[2 * k] - t[2 * k + 1]) for name, t in hvps.items()}
-
-
 def _adam_brackets_by_rows(loss_at, params, inputs, targets, pairs, state, p):
     """Gradients, then (pair, 𝔅): one double-backward graph per example, as brackets.brackets_by_rows."""
     n = inputs.shape[0]
@@ -414,7 +397,8 @@ def adam_bracket_matrix(model: nn.Module, loss_fn: Callable, inputs: torch.Tenso
     p = state.preconditioner()
     loss_at = example_loss(model, loss_fn)
     if method == "vmap":
-        stream = _adam_brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call, state, p)
+        stream = brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call,
+                                   tangents_of=lambda g: _tangents(g, state, p), scale=p)
     else:
         stream = _adam_brackets_by_rows(loss_at, params, inputs, targets, pairs, state, p)
     return collect_matrix(model, bn_mode, n, stream, reduce, reduce_gradient)

@@ -328,19 +328,24 @@ def pair_chunks(pairs: list[tuple[int, int]], pairs_per_call: int) -> list[list[
     return [pairs[start:start + pairs_per_call] for start in range(0, len(pairs), pairs_per_call)]
 
 
-def brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call):
-    """Gradients, then (pair, bracket) as each chunk of vmapped Hessian-vector products returns."""
+def brackets_vmapped(loss_at, params, inputs, targets, bn_mode, pairs, pairs_per_call, tangents_of=None, scale=None):
+    """Gradients, then (pair, bracket) as each chunk of vmapped Hessian-vector products returns.
+
+    SGD's bracket is H_j g_i − H_i g_j. Another optimizer's differs by the tangents (`tangents_of` maps the stacked
+    gradients to them, as Adam's w_i) and a diagonal factor on the result (`scale`, as Adam's P): scale·(H_j w_i − H_i w_j).
+    """
     products = hessian_vector_products(loss_at, bn_mode)
     gradients = vmap(grad(loss_at), in_dims=(None, 0, 0))(params, inputs[:, None], targets[:, None])
     yield [{k: t[i] for k, t in gradients.items()} for i in range(inputs.shape[0])]
+    tangents = tangents_of(gradients) if tangents_of else gradients
     for chunk in pair_chunks(pairs, pairs_per_call):
-        # Products 2k and 2k+1 are H_j g_i and H_i g_j for the k-th pair (i, j).
+        # Products 2k and 2k+1 are H_j g_i and H_i g_j (or H_j w_i and H_i w_j) for the k-th pair (i, j).
         example = torch.tensor([e for i, j in chunk for e in (j, i)], device=inputs.device)
         tangent = torch.tensor([t for i, j in chunk for t in (i, j)], device=inputs.device)
         hvps = detached(products(params, inputs[example][:, None], targets[example][:, None],
-                                 {k: t[tangent] for k, t in gradients.items()}))
+                                 {k: t[tangent] for k, t in tangents.items()}))
         for k, pair in enumerate(chunk):
-            yield pair, {name: t[2 * k] - t[2 * k + 1] for name, t in hvps.items()}
+            yield pair, {name: (scale[name] if scale else 1) * (t[2 * k] - t[2 * k + 1]) for name, t in hvps.items()}
 
 
 def brackets_by_rows(loss_at, params, inputs, targets, pairs):
