@@ -1,4 +1,4 @@
-"""Benchmark: the first-order baselines of one checkpoint (lie_helpers.analysis.baselines) against its bracket analysis.
+"""Benchmark: the first-order baselines of one checkpoint (lie_helpers.analysis.first_order) against its bracket analysis.
 
 The budget (issue 10): the baselines cost no more than the bracket analysis itself. Both run on
 the default profile's model (random weights, BatchNorm statistics warmed up) with random
