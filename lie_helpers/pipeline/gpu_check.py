@@ -353,13 +353,13 @@ def projection(ctx: Context, out: dict) -> None:
     out["side_run_s"] = (side.steps / measured["steps_per_s"] + side_checkpoints * (
         full.eval_images / measured["eval_images_per_s"] + measured["checkpoint_write_s"]
         + measured["brackets_per_checkpoint_s"] + measured.get("adam_brackets_per_checkpoint_s", 0.0)))
-    # notebook 02 §5: 2 swaps (one pair of each kind) at each swap checkpoint, one pair's orders on two stems and
-    # its persistence (swap_orders.measure_run_orders, persistence.measure_run_persistence with pairs=1)
+    # notebook 02 §5: 2 swaps (one pair of each kind) at each swap checkpoint and, where the profile sweeps them
+    # (swap_sweeps), one pair's orders on two stems and its persistence (swap_orders.measure_run_orders,
+    # persistence.measure_run_persistence with pairs=1)
     timed_swaps = ctx.results.get("swaps", {})
     if all(k in timed_swaps for k in ("swap_s", "orders_one_stem_s", "persistence_s")):
-        count = len(swap_steps(full))
-        out["real_swaps_s"] = count * (2 * timed_swaps["swap_s"] + 2 * timed_swaps["orders_one_stem_s"]
-                                       + timed_swaps["persistence_s"])
+        sweeps = 2 * timed_swaps["orders_one_stem_s"] + timed_swaps["persistence_s"] if full.swap_sweeps else 0.0
+        out["real_swaps_s"] = len(swap_steps(full)) * (2 * timed_swaps["swap_s"] + sweeps)
     else:
         out["real_swaps_s"] = {"skipped": "the swaps section measured nothing"}
     extra = out["side_run_s"] + (out["real_swaps_s"] if isinstance(out["real_swaps_s"], float) else 0.0)
