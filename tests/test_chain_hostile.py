@@ -240,16 +240,17 @@ class Chain:
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True, **kwargs)
 
-    def interrupt_when(self, ready, timeout=300, signum=signal.SIGINT) -> float:
-        """SIGINT to the chain's process group (a terminal's Ctrl-C), or `signum` to the chain alone, once
-        ready(stdout) holds; the seconds until the chain exited (60 and a SIGKILL when it does not)."""
+    def interrupt_when(self, ready, timeout=300, signum=signal.SIGINT, group: bool = True) -> float:
+        """SIGINT to the chain's process group (a terminal's Ctrl-C; `group=False`: to the chain alone), or `signum`
+        to the chain alone, once ready(stdout) holds; the seconds until the chain exited (60 and a SIGKILL when it
+        does not)."""
         started = time.time()
         while not ready(self.out.read_text()):
             assert self.proc.poll() is None, f"the chain ended first:\n{self.out.read_text()}\n{self.err.read_text()}"
             assert time.time() - started < timeout, f"never ready:\n{self.out.read_text()}\n{self.err.read_text()}"
             time.sleep(0.2)
         sent = time.monotonic()
-        if signum == signal.SIGINT:
+        if signum == signal.SIGINT and group:
             os.killpg(self.proc.pid, signal.SIGINT)
         else:
             os.kill(self.proc.pid, signum)
@@ -300,6 +301,17 @@ def test_ctrl_c_stops_a_stage_whose_cell_ignores_it_within_seconds(repo, signum)
     assert not (repo / "runs" / "default" / ".lock.holder").exists()
     state = json.loads((repo / "runs" / "default" / "chain_state.json").read_text())
     assert list(state["stages"]) == ["00_data"]                      # 01 is not recorded as finished
+
+
+def test_kill_int_stops_a_chain_started_in_the_background(repo):
+    """`python -m lie_helpers.chain … &` from a script starts it with SIGINT ignored; `kill -INT` went unheard (found
+    stopping the full run). The chain takes SIGINT back and stops as on Ctrl-C."""
+    write_notebook(repo / "notebooks" / "01_train.ipynb", repo / "log.jsonl", body=STUBBORN)
+    chain_run = Chain([sys.executable, "-m", "lie_helpers.chain", "--root", str(repo), "--no-progress-bar"], repo,
+                      cwd=repo, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    seconds = chain_run.interrupt_when(lambda out: (repo / "spinning").exists(), group=False)
+    assert chain_run.proc.returncode == 130 and seconds < stop_bound(), (seconds, chain_run.err.read_text())
+    assert "Chain interrupted in stage 01_train" in chain_run.err.read_text()
 
 
 def test_ctrl_c_mid_training_stops_within_seconds_and_the_rerun_resumes(real_notebooks, ci_data, tmp_path):

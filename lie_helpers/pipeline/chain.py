@@ -400,10 +400,10 @@ def main(argv=None) -> int:
     folders = {"notebooks_dir": args.root / "notebooks", "runs_root": args.root / "runs"}
     argv = sys.argv[1:] if argv is None else list(argv)
     resume = shlex.join([show(sys.executable), "-m", "lie_helpers.chain", *(a for a in argv if a != "--force")])
-    try:
-        terminate = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops like Ctrl-C, with the same message
+    try:    # SIGTERM stops like Ctrl-C, with the same message; so does SIGINT where a shell's `chain &` ignored it
+        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:                                         # not the main thread: signals are not ours to handle
-        terminate = None
+        previous = {}
     try:
         overrides = parse_overrides(args.overrides)
         if args.list:
@@ -421,8 +421,8 @@ def main(argv=None) -> int:
               f"analysis resumes from its last checkpoint or record. To resume:\n  {resume}", file=sys.stderr)
         return 130
     finally:
-        if terminate is not None:
-            signal.signal(signal.SIGTERM, terminate)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 
