@@ -61,8 +61,8 @@ def test_malformed_checks_are_refused(tmp_path):
             results.load_checks(tmp_path / "c.toml")
 
 
-@pytest.mark.parametrize("path", [results.CHECKS_FILE, results.CHECKS_FILE.parent / "study_checks.toml"],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [results.CHECKS_FILE, results.CHECKS_FILE.parent / "study_checks.toml",
+                                  results.CHECKS_FILE.parent / "full_checks.toml"], ids=lambda p: p.name)
 def test_the_committed_checks_are_well_formed_and_documented(path):
     checks = results.load_checks(path)
     assert len(checks) > (30 if path == results.CHECKS_FILE else 5)
