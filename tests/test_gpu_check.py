@@ -16,7 +16,12 @@ from lie_helpers.training.losses import get_loss
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    gpu_check.main(["--tiny", "--out", str(out)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # as conftest's one_thread: 2 spinning threads on 2 busy cores took 80× longer
+    try:
+        gpu_check.main(["--tiny", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
 
