@@ -92,6 +92,14 @@ def sb_weighted(grouped, source, w):
     return WeightedLoss(grouped, {source: w}, grouped.base.n_outputs)
 
 
+def test_a_source_that_vanishes_has_share_minus_infinity_and_no_warning(recwarn):
+    m = np.ones((6, len(SOURCES)))
+    m[:, SOURCES.index(REFERENCE[0])] = 0.0                  # a saturated sigmoid: zero residuals, zero J·g
+    q = sources.shares(m)
+    assert q[REFERENCE[0]] == -np.inf and all(np.isfinite(v) for k, v in q.items() if k != REFERENCE[0])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_shares_leave_the_source_out_of_its_own_reference():
     m = np.ones((5, len(SOURCES)))
     m[:, SOURCES.index("Smiling")] = 1000.0

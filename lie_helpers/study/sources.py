@@ -134,8 +134,13 @@ def record_from(r: SourceBrackets, loss: str, batch_logits: torch.Tensor) -> dic
 
 
 def log_medians(magnitudes) -> np.ndarray:
-    """[pairs or examples, sources] -> [sources]: log10 of the median over pairs (examples)."""
-    return np.log10(np.median(np.asarray(magnitudes, float), axis=0))
+    """[pairs or examples, sources] -> [sources]: log10 of the median over pairs (examples).
+
+    −inf where the median is exactly 0: a confident attribute's float32 sigmoid saturates to a zero residual, so its
+    J·g vanishes (measured once in the study: Wearing_Hat's J·g, one run, one stratum). The other sources' reference
+    median counts it as the smallest value, as the pre-registered readout does; its own share is then −inf."""
+    with np.errstate(divide="ignore"):
+        return np.log10(np.median(np.asarray(magnitudes, float), axis=0))
 
 
 def shares(magnitudes, sources=SOURCES, reference=REFERENCE) -> dict:
