@@ -42,14 +42,20 @@ def test_notebook_00_runs_after_a_plain_pip_install(tmp_path):
         env.pop(name, None)
     # A copy of the checkout (tracked and untracked files alike) so pip's build leaves no build/ or egg-info here.
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "data", "build", "*.egg-info",
-                                                               "__pycache__", ".pytest_cache"))
+    everywhere = shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", ".pytest_cache")
+
+    def ignore(folder, names):      # the checkout's own .venv, runs/ and data/, not the package's lie_helpers/data
+        top = {".venv", "runs", "data"} if Path(folder) == REPO else set()
+        return set(everywhere(folder, names)) | (top & set(names))
+    shutil.copytree(REPO, source, ignore=ignore)
     started = time.perf_counter()
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-c", str(REPO / "constraints.txt"), str(source)],
                    check=True, env=env, cwd=tmp_path)
     install_s = time.perf_counter() - started
-    where = subprocess.run([str(python), "-c", "import lie_helpers; print(lie_helpers.__file__)"], check=True,
-                           env=env, cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    imported = subprocess.run([str(python), "-c", "import lie_helpers.pipeline.chain; print(lie_helpers.__file__)"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr[-3000:]       # every sub-package was installed
+    where = imported.stdout.strip()
     assert Path(where).is_relative_to(venv), f"lie_helpers imported from {where}, not from the fresh venv"
 
     executed = tmp_path / "00_theory.ipynb"
