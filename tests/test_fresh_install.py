@@ -2,14 +2,22 @@
 
 A new venv in a temporary folder (no system site-packages), `pip install -c constraints.txt .`
 (the runtime dependencies, which include papermill and ipykernel), then notebook 00 executed with
-papermill in that venv. Expensive (installs torch; minutes even from pip's cache), so it runs
-only with LIE_HELPERS_FRESH_INSTALL_TEST=1; .ci/run sets it.
+papermill in that venv. Slow (minutes), so it runs only with LIE_HELPERS_FRESH_INSTALL_TEST=1;
+.ci/run sets it.
+
+One exception to "fresh": torch, torchvision, triton and the CUDA libraries (about 5.5 GB on x86_64,
+a CUDA build) are not installed a second time. The venv sees this interpreter's copies through a
+.pth file that names a folder of links to those distributions only, so pip finds torch==2.14.1
+installed and installs every other dependency itself. A second full copy filled a CI machine's disk
+(stop 23: "No space left on device" in every test after this one); `make setup` installs torch from
+the same pins on every run, so nothing this test guards is lost. The venv is deleted afterwards.
 """
 import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -27,14 +35,42 @@ pytestmark = [
 ]
 
 
+# Distributions the fresh venv borrows from this interpreter instead of installing (see the docstring).
+BORROWED_PREFIXES = ("torch", "triton", "nvidia", "cuda")
+
+
 def folder_size_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 2**20
 
 
-def test_notebook_00_runs_after_a_plain_pip_install(tmp_path):
+def borrow_torch(venv: Path, links: Path) -> list[str]:
+    """Link this interpreter's torch-family distributions into `links` and put that folder on the venv's path."""
+    site_packages = Path(sysconfig.get_paths()["purelib"])
+    links.mkdir()
+    borrowed = sorted(entry.name for entry in site_packages.iterdir()
+                      if entry.name.lower().startswith(BORROWED_PREFIXES))
+    assert any(name.startswith("torch-") and name.endswith(".dist-info") for name in borrowed), \
+        f"no torch distribution in {site_packages} to lend the fresh venv"
+    for name in borrowed:
+        (links / name).symlink_to(site_packages / name)
+    venv_site_packages = next((venv / "lib").glob("python3*/site-packages"))
+    (venv_site_packages / "borrowed_torch.pth").write_text(f"{links}\n", encoding="utf-8")
+    return borrowed
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """tmp_path, emptied afterwards: the venv is hundreds of MiB even without torch."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_notebook_00_runs_after_a_plain_pip_install(scratch):
+    tmp_path = scratch
     venv, run_dir = tmp_path / "venv", tmp_path / "run"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    borrowed = borrow_torch(venv, tmp_path / "borrowed")
     # Only the venv: no user site-packages, no user kernelspecs (a user's "python3" kernel would run another Python).
     env = {**os.environ, "PYTHONNOUSERSITE": "1", "JUPYTER_DATA_DIR": str(tmp_path / "jupyter"),
            "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
@@ -52,6 +88,13 @@ def test_notebook_00_runs_after_a_plain_pip_install(tmp_path):
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-c", str(REPO / "constraints.txt"), str(source)],
                    check=True, env=env, cwd=tmp_path)
     install_s = time.perf_counter() - started
+    installed = subprocess.run([str(python), "-m", "pip", "list", "--path", str(next((venv / "lib").glob("python3*/site-packages"))),
+                                "--format", "freeze"], env=env, capture_output=True, text=True, check=True).stdout
+    names = {line.split("==")[0].lower() for line in installed.split()}
+    assert {"papermill", "ipykernel", "numpy", "safetensors"} <= names, \
+        f"pip did not install the runtime dependencies into the fresh venv:\n{installed}"
+    assert not any(name.startswith(BORROWED_PREFIXES) for name in names), \
+        f"pip installed a second torch-family copy beside the borrowed one ({sorted(borrowed)}):\n{installed}"
     imported = subprocess.run([str(python), "-c", "import lie_helpers.pipeline.chain; print(lie_helpers.__file__)"],
                               env=env, cwd=tmp_path, capture_output=True, text=True)
     assert imported.returncode == 0, imported.stderr[-3000:]       # every sub-package was installed
