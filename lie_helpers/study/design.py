@@ -69,7 +69,7 @@ def study_arms(profile: Profile) -> list[Arm]:
         Arm("independent, no bands", "independent", 0.0, s, role="the dial at 0"),
         Arm("independent, bands / 3", "independent", round(b / 3, 4), s[:max(2, len(s) // 2)], role="the dial between"),
         Arm("categorical, matched", "categorical_hair_matched", b, s, role="(b) hair exclusive, matched weight"),
-        Arm("exclusive makeup", "exclusive_makeup", b, s, role="(c) positive control"),
+        Arm("exclusive makeup", "exclusive_makeup", b, s, role="(c) mis-specified makeup loss, reported"),
         Arm("categorical x4", "categorical_hair_x4", b, s[:2], role="sensitivity: hair weight 4"),
         *[Arm(f"independent, width {w}", "independent", b, s[:1], width=w, role="capacity")
           for w in (0.5, 1.0) if w != profile.width],

@@ -83,13 +83,13 @@ def attribute_means(profiles: list[RunProfile], names, stratum: str | None = Non
 
 
 OLD_CONTRASTS = {
-    "C1 positive control: (c) − (a) on Heavy_Makeup & Wearing_Lipstick":
+    "old C1, makeup arm: (c) − (a) on Heavy_Makeup & Wearing_Lipstick":
         ("exclusive makeup", "independent", CORRELATED_CONTROLS),
-    "C2 ambiguity, exclusive: bands − no bands on Black & Brown hair":
+    "old C2, bands on exclusive hair: bands − no bands on Black & Brown hair":
         ("independent", "independent, no bands", HAIR_PAIR),
-    "C3 ambiguity, not exclusive: bands − no bands on Eyeglasses":
+    "old C3, bands on glasses: bands − no bands on Eyeglasses":
         ("independent", "independent, no bands", GLASSES),
-    "C4 exclusivity: (a) − (b matched) on Black & Brown hair":
+    "old C4, exclusivity: (a) − (b matched) on Black & Brown hair":
         ("independent", "categorical, matched", HAIR_PAIR),
 }
 
@@ -101,7 +101,8 @@ def _paired(profiles: dict, a: str, b: str) -> None:
 
 
 def old_contrast_table(profiles: dict, first_order: bool = False) -> dict:
-    """The first version's contrasts C1–C4 on this readout (reported only), paired by seed: sign-flip tests, Holm
+    """The first version's contrasts, named "old C1"–"old C4" so they are not read as the registered C1–C5 of
+    lie_helpers.study.contrasts, on this readout (reported only), paired by seed: sign-flip tests, Holm
     over the four, intervals at Holm-consistent levels (stats.sign_flip_contrasts)."""
     family = {}
     for name, (a, b, names) in OLD_CONTRASTS.items():

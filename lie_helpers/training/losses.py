@@ -12,8 +12,10 @@ last "none of them" logit under one softmax.
   `categorical_hair`, "counts like the four binary terms it replaces"): a sensitivity check
   only, its hair logit gradient is about 4× `independent`'s. The old name is retired so that
   runs stored under it are not taken for either.
-* `exclusive_makeup`: a positive control that is mis-specified: one softmax over Heavy_Makeup,
-  Wearing_Lipstick and neither, although the two co-occur.
+* `exclusive_makeup`: a mis-specified loss: one softmax over Heavy_Makeup, Wearing_Lipstick and
+  neither, although the two co-occur. The first study called it a positive control; it is not one,
+  since nothing fixes in advance what brackets do under it (the known-answer controls are
+  lie_helpers.study.known_answers).
 
 `gradient_share` measures how much of a loss's logit gradient falls on some attributes' outputs,
 so the gradient scale of two losses can be compared.
