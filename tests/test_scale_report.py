@@ -14,7 +14,25 @@ def test_the_words_follow_the_numbers(tmp_path):
     text = scale_report.report(small, large)
     assert "| hair colours' median rank among the outputs, by bracket (Black, Brown) | 3, 5 | 14, 6 |" in text
     assert "among the top ten at the small scale only" in text
-    assert "bottom half at one scale only" in text
+    assert "in the bottom half at the small scale and in the middle at the large" in text
+    assert "neither scale shows a bracket finding" in text
     assert "exceeds its random-direction null by +0.03, +0.40" in text and "more than the null's at one scale" in text
     assert "Adam's bracket predicts it at both scales" in text
     assert "| ρ(Adam's bracket, J·g) | – | – |" in text     # missing results show as a dash
+
+
+def test_the_rms_null_and_the_swaps_are_read_by_their_rules(tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    results.record(small, "03", rms_rma_slope=[1.02, 1.05], rms_null_rma_slope=[1.02, 1.03])
+    results.record(large, "03", rms_rma_slope=[1.3, 1.4], rms_null_rma_slope=[1.0, 1.05])
+    results.record(small, "02", swap_bracket_ratio=0.001, swap_bracket_cosine=-0.06,
+                   swap_adam_aware_cosine=0.99, swap_sgd_control_cosine=0.93)
+    results.record(large, "02", swap_bracket_ratio=0.02, swap_bracket_cosine=0.5,
+                   swap_adam_aware_cosine=0.98, swap_sgd_control_cosine=0.6)
+    text = scale_report.report(small, large)
+    assert "against its null" in text and ": not at both scales (rule: medians within 0.1)" in text
+    assert "0.001 and 0.02 of the real effect" in text and "not a small part at both scales" in text
+    assert "does not pass its control at both scales" in text
+    results.record(large, "02", swap_bracket_ratio=2e-5, swap_sgd_control_cosine=0.94)
+    text = scale_report.report(small, large)
+    assert "a larger scale does not change that" in text and "the real order effect is Adam's" in text
