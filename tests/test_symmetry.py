@@ -124,6 +124,20 @@ def test_sgd_grows_the_norm_by_lr_squared_gradient_squared():
     assert np.abs(coarse.ratio - 1).max() > 1e-3
 
 
+def test_the_steps_own_rounding_is_measured_where_it_rivals_the_growth():
+    """Conv weights scaled by 1e3 (the loss cannot see it: batch statistics) have gradients 1e-3 as large, so the
+    float64 rounding of W − lr·g (about 1e-16·|W| an entry) is no longer small against lr²‖g‖²."""
+    model, loss_fn, batches = packed_problem(1e-14, n=9)
+    names = ["model." + n for n in sym.conv_weights_before_batchnorm(model.model)]
+    with torch.no_grad():
+        for name in names:
+            dict(model.named_parameters())[name].mul_(1e3)
+    growth = sym.sgd_norm_growth(model, loss_fn, batches, 0.1, names)
+    assert np.abs(growth.ratio - 1).max() > 1e-2                    # the step as taken: rounding shows
+    assert growth.rounding_share.max() > 1e-2
+    np.testing.assert_allclose(growth.ratio_without_rounding, 1, rtol=1e-6)   # removed: the formula holds
+
+
 # ----------------------------------------------------------------------------- rescale symmetry
 
 def test_relu_units_conserve_their_rescale_charge_and_tanh_units_do_not():

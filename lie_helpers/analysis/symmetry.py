@@ -108,23 +108,41 @@ def scale_residuals_of_brackets(model: nn.Module, loss_fn, minibatches: list, na
 
 @dataclass
 class StepGrowth:
-    """Per SGD step and tensor: the measured growth of ‖W‖² and lr²‖g_W‖² (arrays [steps, tensors])."""
+    """Per SGD step and tensor (arrays [steps, tensors]): the measured growth of ‖W‖², lr²‖g_W‖², and the part of
+    the growth that is the float64 rounding of the step itself (`rounding`)."""
     lr: float
     growth: np.ndarray
     predicted: np.ndarray
+    rounding: np.ndarray
 
     @property
     def ratio(self) -> np.ndarray:
+        """measured / predicted growth of the step as taken in float64."""
         return self.growth / self.predicted
+
+    @property
+    def ratio_without_rounding(self) -> np.ndarray:
+        """The same with the step's own rounding removed: 1 − 2⟨g_W, W⟩ / (lr‖g_W‖²), so its deviation from 1 is
+        BatchNorm's ε_BN cross term alone."""
+        return (self.growth - self.rounding) / self.predicted
+
+    @property
+    def rounding_share(self) -> np.ndarray:
+        return np.abs(self.rounding) / self.predicted
 
 
 def sgd_norm_growth(model: nn.Module, loss_fn, minibatches: list, lr: float,
                     names: list[str]) -> StepGrowth:
     """Plain SGD (θ ← θ − lr·∇L) over packed `minibatches`, BatchNorm with batch statistics; for each
-    step and weight W in `names`, ‖W_new‖² − ‖W‖² against lr²‖g_W‖². The model is not changed."""
+    step and weight W in `names`, ‖W_new‖² − ‖W‖² against lr²‖g_W‖². The model is not changed.
+
+    A float64 step rounds each W_new_i to about 1e-16·|W_i|. Where ‖W‖ is large and g_W small (the full-width
+    network's last convs: ‖W‖ ≈ 100, ‖g_W‖ ≈ 2e-5) that rounding is a few percent of lr²‖g_W‖² at lr = 1e-2, so it is
+    measured too: with d = W_new − W (exact for nearby floats) and r = d + lr·g_W its rounding, the growth
+    ⟨d, W_new + W⟩ holds ⟨r, W_new + W⟩ from rounding alone."""
     params = parameters_of(model)
     loss_grad = grad(example_loss(model, loss_fn))
-    growth, predicted = [], []
+    growth, predicted, rounding = [], [], []
     with bracket_mode(model, "train"):
         for inputs, targets in minibatches:
             g = {n: t.detach() for n, t in loss_grad(params, inputs, targets).items()}
@@ -132,8 +150,9 @@ def sgd_norm_growth(model: nn.Module, loss_fn, minibatches: list, lr: float,
             # ‖new‖² − ‖W‖² = ⟨new − W, new + W⟩: the same number without cancelling two large sums.
             growth.append([float(((new[n] - params[n]) * (new[n] + params[n])).sum()) for n in names])
             predicted.append([lr ** 2 * float(g[n].pow(2).sum()) for n in names])
+            rounding.append([float(((new[n] - params[n] + lr * g[n]) * (new[n] + params[n])).sum()) for n in names])
             params = new
-    return StepGrowth(lr, np.array(growth), np.array(predicted))
+    return StepGrowth(lr, np.array(growth), np.array(predicted), np.array(rounding))
 
 
 # ----------------------------------------------------------------------------- rescale symmetry (ReLU)
