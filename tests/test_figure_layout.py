@@ -245,7 +245,7 @@ TRAINING_DOSE = {"arms": ["independent, no bands", "independent, bands / 3", "in
 
 def growth(eps):
     return [StepGrowth(lr, (1 + eps * 1e4 / lr) * lr**2 * np.full((3, 22), 2.0), lr**2 * np.full((3, 22), 2.0),
-                       np.zeros((3, 22)))
+                       np.zeros((3, 22)), np.zeros((3, 22)))
             for lr in (1e-3, 1e-2, 1e-1, 1.0)]
 
 

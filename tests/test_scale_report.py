@@ -25,14 +25,18 @@ def test_the_rms_null_and_the_swaps_are_read_by_their_rules(tmp_path):
     small, large = tmp_path / "small", tmp_path / "large"
     results.record(small, "03", rms_rma_slope=[1.02, 1.05], rms_null_rma_slope=[1.02, 1.03])
     results.record(large, "03", rms_rma_slope=[1.3, 1.4], rms_null_rma_slope=[1.0, 1.05])
-    results.record(small, "02", swap_bracket_ratio=0.001, swap_bracket_cosine=-0.06,
-                   swap_adam_aware_cosine=0.99, swap_sgd_control_cosine=0.93)
-    results.record(large, "02", swap_bracket_ratio=0.02, swap_bracket_cosine=0.5,
-                   swap_adam_aware_cosine=0.98, swap_sgd_control_cosine=0.6)
+    results.record(small, "02", swap_bracket_ratio=0.001, swap_bracket_cosine=-0.06, swaps=8,
+                   swap_adam_aware_cosine=0.99, swap_sgd_control_cosine=0.93, swap_sgd_control_ratio=0.98)
+    results.record(large, "02", swap_bracket_ratio=0.02, swap_bracket_cosine=0.5, swaps=2,
+                   swap_adam_aware_cosine=0.98, swap_sgd_control_cosine=0.6, swap_sgd_control_ratio=0.7)
     text = scale_report.report(small, large)
     assert "against its null" in text and ": not at both scales (rule: medians within 0.1)" in text
-    assert "0.001 and 0.02 of the real effect" in text and "not a small part at both scales" in text
+    assert "0.001 and 0.02 of the real effect (small, large; medians of 8 and 2 swaps)" in text
+    assert "not a small part at both scales" in text
     assert "does not pass its control at both scales" in text
     results.record(large, "02", swap_bracket_ratio=2e-5, swap_sgd_control_cosine=0.94)
     text = scale_report.report(small, large)
-    assert "a larger scale does not change that" in text and "the real order effect is Adam's" in text
+    assert "small part of a real order effect at both scales" in text
+    assert "direction at both scales, its size at the small scale only" in text
+    results.record(large, "02", swap_sgd_control_ratio=0.95)
+    assert "direction and size at both scales" in scale_report.report(small, large)

@@ -136,6 +136,7 @@ def test_the_steps_own_rounding_is_measured_where_it_rivals_the_growth():
     assert np.abs(growth.ratio - 1).max() > 1e-2                    # the step as taken: rounding shows
     assert growth.rounding_share.max() > 1e-2
     np.testing.assert_allclose(growth.ratio_without_rounding, 1, rtol=1e-6)   # removed: the formula holds
+    assert growth.rounding_ulps.max() <= 1.0                  # the departure from −lr·g is rounding alone
 
 
 # ----------------------------------------------------------------------------- rescale symmetry

@@ -108,12 +108,15 @@ def scale_residuals_of_brackets(model: nn.Module, loss_fn, minibatches: list, na
 
 @dataclass
 class StepGrowth:
-    """Per SGD step and tensor (arrays [steps, tensors]): the measured growth of ‖W‖², lr²‖g_W‖², and the part of
-    the growth that is the float64 rounding of the step itself (`rounding`)."""
+    """Per SGD step and tensor (arrays [steps, tensors]): the measured growth of ‖W‖², lr²‖g_W‖², the part of the
+    growth that is the float64 rounding of the step itself (`rounding`), and the largest departure of the step from
+    −lr·g_W in units of W_new's last place (`rounding_ulps`: at most 1 when the departure is rounding: of W − lr·g_W,
+    and of the difference W_new − W where the step is not small against W_i)."""
     lr: float
     growth: np.ndarray
     predicted: np.ndarray
     rounding: np.ndarray
+    rounding_ulps: np.ndarray
 
     @property
     def ratio(self) -> np.ndarray:
@@ -122,13 +125,19 @@ class StepGrowth:
 
     @property
     def ratio_without_rounding(self) -> np.ndarray:
-        """The same with the step's own rounding removed: 1 − 2⟨g_W, W⟩ / (lr‖g_W‖²), so its deviation from 1 is
-        BatchNorm's ε_BN cross term alone."""
+        """The same with the step's own rounding removed: 1 − 2⟨g_W, W⟩ / (lr‖g_W‖²) up to round-off. The lr² growth
+        is then algebra; what this tests is ⟨g_W, W⟩ ≈ 0, with the sensitivity ‖W‖ / (lr‖g_W‖)."""
         return (self.growth - self.rounding) / self.predicted
 
     @property
     def rounding_share(self) -> np.ndarray:
         return np.abs(self.rounding) / self.predicted
+
+
+def _ulps(departure: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |departure| in units of the last place of `reference`, element by element."""
+    size = reference.abs()
+    return float((departure.abs() / (torch.nextafter(size, torch.full_like(size, float("inf"))) - size)).max())
 
 
 def sgd_norm_growth(model: nn.Module, loss_fn, minibatches: list, lr: float,
@@ -138,21 +147,24 @@ def sgd_norm_growth(model: nn.Module, loss_fn, minibatches: list, lr: float,
 
     A float64 step rounds each W_new_i to about 1e-16·|W_i|. Where ‖W‖ is large and g_W small (the full-width
     network's last convs: ‖W‖ ≈ 100, ‖g_W‖ ≈ 2e-5) that rounding is a few percent of lr²‖g_W‖² at lr = 1e-2, so it is
-    measured too: with d = W_new − W (exact for nearby floats) and r = d + lr·g_W its rounding, the growth
-    ⟨d, W_new + W⟩ holds ⟨r, W_new + W⟩ from rounding alone."""
+    measured too: with d = W_new − W (exact for nearby floats) and r = d + lr·g_W its rounding (checked to be within
+    a last place of W_new, element by element), the growth ⟨d, W_new + W⟩ holds ⟨r, W_new + W⟩ from rounding alone."""
     params = parameters_of(model)
     loss_grad = grad(example_loss(model, loss_fn))
-    growth, predicted, rounding = [], [], []
+    rows = {"growth": [], "predicted": [], "rounding": [], "rounding_ulps": []}
     with bracket_mode(model, "train"):
         for inputs, targets in minibatches:
             g = {n: t.detach() for n, t in loss_grad(params, inputs, targets).items()}
             new = {n: params[n] - lr * g[n] for n in params}
+            step = {n: new[n] - params[n] for n in names}
+            departure = {n: step[n] + lr * g[n] for n in names}
             # ‖new‖² − ‖W‖² = ⟨new − W, new + W⟩: the same number without cancelling two large sums.
-            growth.append([float(((new[n] - params[n]) * (new[n] + params[n])).sum()) for n in names])
-            predicted.append([lr ** 2 * float(g[n].pow(2).sum()) for n in names])
-            rounding.append([float(((new[n] - params[n] + lr * g[n]) * (new[n] + params[n])).sum()) for n in names])
+            rows["growth"].append([float((step[n] * (new[n] + params[n])).sum()) for n in names])
+            rows["predicted"].append([lr ** 2 * float(g[n].pow(2).sum()) for n in names])
+            rows["rounding"].append([float((departure[n] * (new[n] + params[n])).sum()) for n in names])
+            rows["rounding_ulps"].append([_ulps(departure[n], new[n]) for n in names])
             params = new
-    return StepGrowth(lr, np.array(growth), np.array(predicted), np.array(rounding))
+    return StepGrowth(lr, **{k: np.array(v) for k, v in rows.items()})
 
 
 # ----------------------------------------------------------------------------- rescale symmetry (ReLU)

@@ -91,10 +91,10 @@ def sentences(small: dict, large: dict) -> list[str]:
     if all(v is not None for pair in rho for v in pair):
         gaps = [a - b for a, b in rho]
         out.append("ρ(bracket, J·g) exceeds its random-direction null by " + ", ".join(f"{g:+.2f}" for g in gaps)
-                   + " (small, large): " + ("at both scales the agreement is mostly what any direction gets"
-                                            if max(gaps) < 0.1 else "the agreement is more than the null's at "
-                                            + ("both scales" if min(gaps) >= 0.1 else "one scale"))
-                   + " (rule: a gap under 0.1 is no more than the null).")
+                   + " (small, large): " + ("at both scales most of the agreement is what any direction of the "
+                                            "bracket's size gets" if max(gaps) < 0.1 else "the agreement is more than "
+                                            "the null's at " + ("both scales" if min(gaps) >= 0.1 else "one scale"))
+                   + " (rule: a gap of the medians under 0.1 is small against the null).")
     within = (small.get("03.rms_within_r"), large.get("03.rms_within_r"))
     if all(w is not None for w in within):
         m = [float(np.median(w)) for w in within]
@@ -114,21 +114,28 @@ def sentences(small: dict, large: dict) -> list[str]:
                    "example's gradient (" + ", ".join(f"{float(np.median(n)):.2f}" for _, n in slopes) + "; small, large)"
                    + (": at both scales the null matches it, so the line is mostly the per-tensor scale that every backpropagated quantity shares"
                       if max(gaps) < 0.1 else ": not at both scales") + " (rule: medians within 0.1).")
-    swap = [(r.get("02.swap_bracket_ratio"), r.get("02.swap_bracket_cosine")) for r in (small, large)]
-    if all(v is not None for pair in swap for v in pair):
-        out.append("In a real swap of two Adam steps, lr²·(SGD bracket) is " + " and ".join(f"{ratio:.2g}" for ratio, _ in swap)
-                   + " of the real effect (small, large) at cosine " + " and ".join(f"{c:+.2f}" for _, c in swap)
-                   + (": at both scales the bracket is a small part of a real order effect, and a larger scale does not "
-                      "change that" if max(ratio for ratio, _ in swap) < 0.01 else ": not a small part at both scales")
-                   + " (rule: under 0.01 is small).")
-    aware = [(r.get("02.swap_adam_aware_cosine"), r.get("02.swap_sgd_control_cosine")) for r in (small, large)]
-    if all(v is not None for pair in aware for v in pair):
+    swap = [(r.get("02.swap_bracket_ratio"), r.get("02.swap_bracket_cosine"), r.get("02.swaps")) for r in (small, large)]
+    if all(v is not None for triple in swap for v in triple[:2]):
+        counts = " and ".join(f"{n if n is not None else '?'}" for *_, n in swap)
+        out.append("In a real swap of two Adam steps, lr²·(SGD bracket) is " + " and ".join(f"{ratio:.2g}" for ratio, *_ in swap)
+                   + f" of the real effect (small, large; medians of {counts} swaps) at cosine "
+                   + " and ".join(f"{c:+.2f}" for _, c, _ in swap)
+                   + (": the bracket is a small part of a real order effect at both scales" if max(t[0] for t in swap) < 0.01
+                      else ": not a small part at both scales") + " (rule: under 0.01 is small).")
+    aware = [(r.get("02.swap_adam_aware_cosine"), r.get("02.swap_sgd_control_cosine"), r.get("02.swap_sgd_control_ratio"))
+             for r in (small, large)]
+    if all(v is not None for triple in aware for v in triple):
+        direction = min(c for _, c, _ in aware) >= 0.9
+        sized = [name for name, (*_, q) in zip(("small", "large"), aware) if 0.8 <= q <= 1.25]
+        size = ("and size at both scales" if len(sized) == 2 else
+                f"at both scales, its size at the {sized[0]} scale only" if sized else "at both scales, its size at neither")
+        verdict = (f"the control recovers the bracket's direction {size}" if direction else
+                   "the measurement does not pass its control at both scales")
         out.append("The Adam-aware prediction (the bracket plus Adam's curvature term) has cosine "
-                   + " and ".join(f"{a:.2f}" for a, _ in aware) + " with the real swap, and the control, a swap of two SGD "
-                   "steps, has cosine " + " and ".join(f"{c:.2f}" for _, c in aware) + " with lr²·bracket (small, large)"
-                   + (": at both scales the measurement sees a bracket where the dynamics are the bracket's, and the "
-                      "real order effect is Adam's" if min(c for pair in aware for c in pair) >= 0.9 else
-                      ": the measurement does not pass its control at both scales") + " (rule: ≥ 0.9).")
+                   + " and ".join(f"{a:.2f}" for a, *_ in aware) + " with the real swap. The control, a swap of two SGD "
+                   "steps against lr²·bracket, has cosine " + " and ".join(f"{c:.2f}" for _, c, _ in aware)
+                   + " and size ratio " + " and ".join(f"{q:.2f}" for *_, q in aware) + f" (small, large): {verdict} "
+                   "(rule: cosine ≥ 0.9; size ratio within 0.8–1.25).")
     return out
 
 
