@@ -87,7 +87,13 @@ def test_the_controls_on_the_studys_own_checkpoint_pass_and_the_old_readout_is_b
         assert r["Q^g, J·g share"]["slope"] == pytest.approx(1.0, abs=1e-4)
         assert r["Q − 2·Q^g (C5's statistic)"]["slope"] == pytest.approx(0.0, abs=1e-4)
         assert {"old readout, bracket", "old readout, J·g"} <= set(r)
-    assert known_answers.readouts_passed(record) == {"Q": True, "Q^g": True, "C5": True}
+    assert known_answers.readouts_passed(record) == dict.fromkeys(("Q", "Q^g", "C5", "Q^A", "Q^Ag", "C5^A", "Adam full"),
+                                                                  True)
+    assert set(record["adam_dose"]) == set(known_answers.DOSE_SOURCES)
+    for dose in record["adam_dose"].values():                                   # Adam's readout, its state fixed
+        slopes = [dose["readouts"][name]["slope"] for name in known_answers.ADAM_DOSE_EXPECTED]
+        np.testing.assert_allclose(slopes, [2.0, 1.0, 0.0], atol=1e-4)
+        assert dose["full"]["deviation"] < 1e-4
     checks = record["curvature"]["checks"]
     for name in ("residual change", "J·g change (log10)", "bracket change against its closed form"):
         assert checks[name]["passed"], (name, checks[name])
