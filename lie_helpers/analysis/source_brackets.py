@@ -209,7 +209,7 @@ def _chunked(fn, tensors: list, chunk: int):
 
 
 def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor, *,
-                    sources=None, self_part: bool = False, keep_parameter_space: bool = False,
+                    sources=None, self_part: bool = False, keep_parameter_space: bool = False, source_part: bool = True,
                     pairs=None, tangents_per_call: int | None = None, precondition: dict | None = None,
                     momentum: dict | None = None) -> SourceBrackets:
     """Source parts S_k (and with `self_part` the self parts D_k) of every bracket among the examples
@@ -226,6 +226,7 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
     H_{i,s} g_{j,s}, the Hessian of term s alone, in the same call); the differences are pushed onto the
     batch in vmapped Jacobian-vector products that share the batch's forward pass (per_call(PUSH_PER_CALL) at once).
     Memory: N·S gradients, the products of one call, S = number of sources.
+    source_part=False skips the source parts S_k (half the products when only self parts are read; pushforward None).
     precondition (P, a field) and momentum (a field u; Adam: u = P·m₀): the preconditioned split of
     adam_source_brackets (module docstring), with momentum_pushforward J·P(H_{j,s} − H_{i,s})u (N·S more products).
     """
@@ -281,7 +282,10 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
         flat = {k: t.reshape(-1, *t.shape[2:]) for k, t in v.items()}
         return _chunked(push, [flat], push_per_call).detach().reshape(*lead, batch.shape[0], -1)
 
-    weights = torch.cat([ones, sel]) if self_part else ones       # [W, terms]: full Hessian (and term s's)
+    if not (source_part or self_part):
+        raise ValueError("source_brackets needs source_part or self_part.")
+    weights = torch.cat([ones] * source_part + [sel] * self_part)      # [W, terms]: full Hessian and/or term s's
+    at = n_sources * source_part                                        # where the self parts' rows start
     width = weights.shape[0]
     per_example = vmap(hvps, in_dims=(None, 0, 0, 0, None))      # examples batched, each sharing its forward
 
@@ -310,31 +314,40 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
         pushed, self_pushed, kept, self_kept = [], [], [], []
         for start in range(0, len(pairs), pairs_per_call):
             h = products(pairs[start:start + pairs_per_call])
-            part = times_p({k: t[0::2, :n_sources] - t[1::2, :n_sources] for k, t in h.items()})   # [c, S, ...]
-            pushed.append(push_all(part))
-            if keep_parameter_space:
-                kept.append({k: t.detach() for k, t in part.items()})
+            if source_part:
+                part = times_p({k: t[0::2, :n_sources] - t[1::2, :n_sources] for k, t in h.items()})   # [c, S, ...]
+                pushed.append(push_all(part))
+                if keep_parameter_space:
+                    kept.append({k: t.detach() for k, t in part.items()})
             if self_part:
-                own = times_p({k: t[0::2, n_sources:] - t[1::2, n_sources:] for k, t in h.items()})
+                own = times_p({k: t[0::2, at:] - t[1::2, at:] for k, t in h.items()})
                 self_pushed.append(push_all(own))
                 if keep_parameter_space:
                     self_kept.append({k: t.detach() for k, t in own.items()})
 
         moved = kept_moved = None
-        if momentum is not None:                          # H_{e,s} u for every example and source, then per pair
+        if momentum is not None:        # P H_{e,s} u for each example (S fields at a time), pushed; then per pair
             u = {k: t.expand(n_sources, *t.shape) for k, t in momentum.items()}
-            h = stack_fields([_chunked(lambda v, w: hvps(params, inputs[e:e + 1], targets[e:e + 1], v, w), [u, sel],
-                                       tangents_per_call) for e in range(n)])              # [N, S, ...]
             ii, jj = torch.tensor([i for i, _ in pairs]), torch.tensor([j for _, j in pairs])
-            kept_moved = times_p({k: (t[jj] - t[ii]).detach() for k, t in h.items()})      # [pairs, S, ...]
-            moved = push_all(kept_moved)
+            pushed_h, kept_h = [], []
+            for e in range(n):
+                h = times_p(_chunked(lambda v, w: hvps(params, inputs[e:e + 1], targets[e:e + 1], v, w), [u, sel],
+                                     tangents_per_call))                                     # [S, ...]
+                pushed_h.append(push_all({k: t[None] for k, t in h.items()})[0])
+                kept_h.append({k: t.detach() for k, t in h.items()} if keep_parameter_space else None)
+            pushed_h = torch.stack(pushed_h)                                                   # [N, S, batch, outputs]
+            moved = pushed_h[jj] - pushed_h[ii]                                                # [pairs, S, batch, outputs]
+            if keep_parameter_space:
+                h = stack_fields(kept_h)
+                kept_moved = {k: t[jj] - t[ii] for k, t in h.items()}
 
     def stacked(rows):
         return {k: torch.cat([r[k] for r in rows]) for k in rows[0]} if rows else None
 
-    return SourceBrackets(n=n, sources=names, pushforward=torch.cat(pushed), first_order=first_order,
+    return SourceBrackets(n=n, sources=names, pushforward=torch.cat(pushed) if source_part else None,
+                          first_order=first_order,
                           self_pushforward=torch.cat(self_pushed) if self_part else None,
-                          parameter_space=stacked(kept) if keep_parameter_space else None,
+                          parameter_space=stacked(kept) if keep_parameter_space and source_part else None,
                           self_parameter_space=stacked(self_kept) if keep_parameter_space and self_part else None,
                           pairs=pairs, momentum_pushforward=moved,
                           momentum_parameter_space=kept_moved if keep_parameter_space else None)
@@ -342,11 +355,12 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
 
 def adam_source_brackets(model, loss_fn, inputs, targets, batch, state, **kw) -> SourceBrackets:
     """Adam's split (module docstring) at the frozen state `state` (engine.adam.AdamState, t ≥ 1): self_pushforward
-    J·D^A_s, momentum_pushforward J·M_s, first_order −J·P g_{e,s}, pushforward the preconditioned source parts.
-    Adam's bracket of the source-s fields is adam_self_part(r, state); other arguments as source_brackets'."""
+    J·D^A_s, momentum_pushforward J·M_s, first_order −J·P g_{e,s}; with source_part=True also pushforward, the
+    preconditioned source parts P(H_j P g_{i,s} − H_i P g_{j,s}). Adam's bracket of the source-s fields is
+    adam_self_part(r, state); other arguments as source_brackets'. Cost: the SGD self parts' products plus N·S."""
     p = state.preconditioner()
     return source_brackets(model, loss_fn, inputs, targets, batch, self_part=True, precondition=p,
-                           momentum={k: p[k] * m for k, m in state.m.items()}, **kw)
+                           momentum={k: p[k] * m for k, m in state.m.items()}, **{"source_part": False, **kw})
 
 
 def adam_self_part(r: SourceBrackets, state) -> torch.Tensor:
