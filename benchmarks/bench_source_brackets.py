@@ -22,7 +22,8 @@ from lie_helpers.pipeline.bench import benchmark_model, random_examples, synchro
 from lie_helpers.engine.brackets import bracket_matrix, pushforward
 from lie_helpers.training.losses import get_loss
 from lie_helpers.data.attributes import ATTRIBUTES
-from lie_helpers.analysis.source_brackets import source_brackets, source_brackets_on_outputs, sketched_source_magnitudes
+from lie_helpers.analysis.source_brackets import source_brackets
+from lie_helpers.analysis.source_projections import source_brackets_on_outputs, sketched_source_magnitudes
 
 SUBSET = ["Black_Hair", "Brown_Hair", "Eyeglasses", "Heavy_Makeup"]   # what the study's readouts need, + rest
 

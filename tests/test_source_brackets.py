@@ -5,6 +5,7 @@ from torch import nn
 
 import lie_helpers as lh
 from lie_helpers.analysis import source_brackets as sb
+from lie_helpers.analysis import source_projections as sp
 from lie_helpers.analysis.first_order import gradient_pushforward
 from lie_helpers.engine.brackets import bracket_mode, parameters_of
 from lie_helpers.training.losses import CategoricalHair, IndependentBCE
@@ -181,7 +182,7 @@ def test_the_adjoint_on_chosen_outputs_equals_the_forward_split(case):
     B = batch()
     forward = sb.source_brackets(model, loss_fn, x, y, B)
     outputs = [1, 3] if case == "independent" else [0, 37, 40]
-    adjoint = sb.source_brackets_on_outputs(model, loss_fn, x, y, B, outputs)
+    adjoint = sp.source_brackets_on_outputs(model, loss_fn, x, y, B, outputs)
     assert adjoint.sources == forward.sources
     assert rel(adjoint.pushforward, forward.pushforward[..., outputs]) < 1e-12
     assert rel(adjoint.first_order, forward.first_order[..., outputs]) < 1e-12
@@ -192,9 +193,123 @@ def test_projections_on_any_directions_are_the_inner_products_and_sketches_are_l
     B = batch()
     forward = sb.source_brackets(model, loss_fn, x, y, B)
     u = torch.randn(7, 4, 5, generator=torch.Generator().manual_seed(9), dtype=DTYPE)
-    r = sb.source_projections(model, loss_fn, x, y, B, u)
+    r = sp.source_projections(model, loss_fn, x, y, B, u)
     assert rel(r.pushforward, torch.einsum("mbo,psbo->psm", u, forward.pushforward)) < 1e-12
     assert rel(r.first_order, torch.einsum("mbo,esbo->esm", u, forward.first_order)) < 1e-12
-    magnitude, first = sb.sketched_source_magnitudes(model, loss_fn, x, y, B, sketches=2000)
+    magnitude, first = sp.sketched_source_magnitudes(model, loss_fn, x, y, B, sketches=2000)
     exact = forward.pushforward.pow(2).mean(dim=(2, 3)).sqrt()
     assert float((magnitude / exact).log().abs().max()) < 0.15          # 2000 sketches: about ±3% each
+
+
+# ----------------------------------------------------------------------------- Adam's self part (issue 20)
+
+def adam_state(model, beta1=0.8, seed=5, step=7, eps=1e-8):
+    """A frozen Adam state with random moments over the model's trainable parameters (float64)."""
+    from lie_helpers.engine.adam import AdamState
+    g = torch.Generator().manual_seed(seed)
+    params = parameters_of(model)
+    m = {k: 0.1 * torch.randn(t.shape, generator=g, dtype=DTYPE) for k, t in params.items()}
+    v = {k: 0.01 * torch.rand(t.shape, generator=g, dtype=DTYPE) + 1e-4 for k, t in params.items()}
+    return AdamState(m, v, step, (beta1, 0.999), eps, 5e-3)
+
+
+class OneSource:
+    """The whole loss as one source: its self part is the whole bracket."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def source_layout(self, n_outputs):
+        return [sb.Source("all", tuple(range(n_outputs)))]
+
+    def source_terms(self, logits, targets):
+        return sb.source_terms(self.base, logits, targets).sum(1, keepdim=True)
+
+    def __call__(self, logits, targets):
+        return self.base(logits, targets)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_adams_self_part_of_a_one_source_loss_is_adams_bracket(case):
+    from lie_helpers.engine.adam import adam_bracket
+    model, base, x, y = CASES[case]()
+    loss_fn, B, state = OneSource(base), batch(), adam_state(model)
+    r = sb.adam_source_brackets(model, loss_fn, x, y, B, state, keep_parameter_space=True)
+    whole = sb.adam_self_part(r, state)
+    beta1 = state.betas[0]
+    for p, (i, j) in enumerate(r.pairs):
+        expected = adam_bracket(model, loss_fn, ex(x, y, i), ex(x, y, j), state)
+        ours = {n: (1 - beta1) * r.self_parameter_space[n][p, 0] + beta1 * r.momentum_parameter_space[n][p, 0]
+                for n in expected}
+        assert field_rel(ours, expected) < 1e-12
+        assert rel(whole[p, 0], lh.pushforward(model, B, expected)) < 1e-12
+    pre = state.preconditioner()
+    g0 = lh.gradient(model, loss_fn, ex(x, y, 0))
+    assert rel(r.first_order[0, 0], -lh.pushforward(model, B, {n: pre[n] * t for n, t in g0.items()})) < 1e-12
+
+
+def test_with_p_one_and_no_momentum_adams_self_part_is_the_sgd_self_part():
+    model, loss_fn, x, y = CASES["categorical hair"]()
+    B = batch()
+    state = adam_state(model, beta1=0.0, eps=1.0)
+    state = type(state)(state.m, {k: torch.zeros_like(t) for k, t in state.v.items()}, state.step, state.betas, 1.0)
+    assert all(bool((t == 1).all()) for t in state.preconditioner().values())
+    sgd = sb.source_brackets(model, loss_fn, x, y, B, self_part=True)
+    adam = sb.adam_source_brackets(model, loss_fn, x, y, B, state, source_part=True)
+    assert rel(adam.self_pushforward, sgd.self_pushforward) < 1e-13
+    assert rel(sb.adam_self_part(adam, state), sgd.self_pushforward) < 1e-13
+    assert rel(adam.pushforward, sgd.pushforward) < 1e-13 and rel(adam.first_order, sgd.first_order) < 1e-13
+
+
+def test_adams_self_and_momentum_parts_against_brute_force():
+    model, loss_fn, x, y = CASES["independent"]()
+    B, state = batch(), adam_state(model)
+    r = sb.adam_source_brackets(model, loss_fn, x, y, B, state, keep_parameter_space=True)
+    pre, names = state.preconditioner(), list(parameters_of(model))
+    i, j, p = 0, 2, r.pairs.index((0, 2))
+    pm = [pre[n] * state.m[n] for n in names]
+    for k in (0, 3):
+        only_k = term_loss(loss_fn, k)
+        pg = {e: [pre[n] * t for n, t in lh.gradient(model, only_k, ex(x, y, e)).items()] for e in (i, j)}
+        self_brute = {n: pre[n] * (a - b) for n, a, b in zip(
+            names, double_backward_product(model, only_k, ex(x, y, j), pg[i]),
+            double_backward_product(model, only_k, ex(x, y, i), pg[j]))}
+        momentum_brute = {n: pre[n] * (a - b) for n, a, b in zip(
+            names, double_backward_product(model, only_k, ex(x, y, j), pm),
+            double_backward_product(model, only_k, ex(x, y, i), pm))}
+        assert field_rel({n: r.self_parameter_space[n][p, k] for n in names}, self_brute) < 1e-11
+        assert field_rel({n: r.momentum_parameter_space[n][p, k] for n in names}, momentum_brute) < 1e-11
+        assert rel(r.momentum_pushforward[p, k], lh.pushforward(model, B, momentum_brute)) < 1e-11
+        assert rel(r.self_pushforward[p, k], lh.pushforward(model, B, self_brute)) < 1e-11
+
+
+@pytest.mark.parametrize("w", [2.0, 8.0, 0.3])
+def test_a_dose_at_a_fixed_adam_state_scales_the_parts_by_their_known_powers(w):
+    from lie_helpers.analysis.controls import WeightedLoss
+    model, loss_fn, x, y = CASES["categorical hair"]()
+    B, state = batch(), adam_state(model)
+    k = len(sb.source_layout(loss_fn, 41)) - 1                       # the hair softmax group
+    one = sb.adam_source_brackets(model, loss_fn, x, y, B, state)
+    dosed = sb.adam_source_brackets(model, WeightedLoss(loss_fn, {k: w}, 41), x, y, B, state)
+    assert rel(dosed.self_pushforward[:, k], w ** 2 * one.self_pushforward[:, k]) < 1e-12      # D^A_k → w² D^A_k
+    assert rel(dosed.momentum_pushforward[:, k], w * one.momentum_pushforward[:, k]) < 1e-12   # M_k → w M_k
+    assert rel(dosed.first_order[:, k], w * one.first_order[:, k]) < 1e-12                     # J·P g_k → w J·P g_k
+    rest = [s for s in range(len(one.sources)) if s != k]
+    for part in ("self_pushforward", "momentum_pushforward", "first_order"):
+        assert rel(getattr(dosed, part)[:, rest], getattr(one, part)[:, rest]) < 1e-12
+    beta1 = state.betas[0]
+    curve = (1 - beta1) * w ** 2 * one.self_pushforward[:, k] + beta1 * w * one.momentum_pushforward[:, k]
+    assert rel(sb.adam_self_part(dosed, state)[:, k], curve) < 1e-12
+
+
+def test_chunking_changes_nothing_in_adams_split():
+    model, loss_fn, x, y = CASES["independent"]()
+    B, state = batch(), adam_state(model)
+    a = sb.adam_source_brackets(model, loss_fn, x, y, B, state)
+    b = sb.adam_source_brackets(model, loss_fn, x, y, B, state, tangents_per_call=3)
+    for part in ("self_pushforward", "momentum_pushforward", "first_order"):
+        assert rel(getattr(b, part), getattr(a, part)) < 1e-13
+    assert a.pushforward is None and sb.source_brackets(model, loss_fn, x, y, B, source_part=False,
+                                                        self_part=True).pushforward is None
+    with pytest.raises(ValueError, match="source_part or self_part"):
+        sb.source_brackets(model, loss_fn, x, y, B, source_part=False)

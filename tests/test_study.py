@@ -87,7 +87,13 @@ def test_the_controls_on_the_studys_own_checkpoint_pass_and_the_old_readout_is_b
         assert r["Q^g, J·g share"]["slope"] == pytest.approx(1.0, abs=1e-4)
         assert r["Q − 2·Q^g (C5's statistic)"]["slope"] == pytest.approx(0.0, abs=1e-4)
         assert {"old readout, bracket", "old readout, J·g"} <= set(r)
-    assert known_answers.readouts_passed(record) == {"Q": True, "Q^g": True, "C5": True}
+    assert known_answers.readouts_passed(record) == dict.fromkeys(("Q", "Q^g", "C5", "Q^A", "Q^Ag", "C5^A", "Adam full"),
+                                                                  True)
+    assert set(record["adam_dose"]) == set(known_answers.DOSE_SOURCES)
+    for dose in record["adam_dose"].values():                                   # Adam's readout, its state fixed
+        slopes = [dose["readouts"][name]["slope"] for name in known_answers.ADAM_DOSE_EXPECTED]
+        np.testing.assert_allclose(slopes, [2.0, 1.0, 0.0], atol=1e-4)
+        assert dose["full"]["deviation"] < 1e-4
     checks = record["curvature"]["checks"]
     for name in ("residual change", "J·g change (log10)", "bracket change against its closed form"):
         assert checks[name]["passed"], (name, checks[name])
@@ -195,3 +201,38 @@ def test_an_altered_study_record_is_refused_by_the_reader_and_recomputed_by_the_
     again = contrasts.run_shares(P, copy, arm, seed, sets[seed])
     original = next(r for r in shares[arm.name] if r.seed == seed)
     assert again.self == pytest.approx(original.self, rel=1e-6)
+
+
+def test_adams_source_record_is_keyed_by_the_optimizer_state_and_refused_when_altered(tiny, tmp_path, capsys):
+    """Adam's readout's record (issue 20) is listed, checked and recomputed like the source record; its key holds the
+    sha256 of the checkpoint's Adam state file."""
+    import json
+    import shutil
+    from lie_helpers.training import run_folder
+
+    P, root, arms, *_ = tiny
+    copy = tmp_path / "study-run"
+    shutil.copytree(root, copy)
+    arm, seed, step = arms[0], P.seeds[0], design.record_steps(P)[-1]
+    arm_dir = design.arm_run_dir(copy, arm, seed)
+    sets, _ = design.study_sets(P)
+    path = source_records.adam_record_path(arm_dir, step)
+    assert f"study_records/{path.name}" in run_folder.read_manifest(arm_dir)["files"]
+    original = contrasts.run_shares(P, copy, arm, seed, sets[seed], kind="adam")
+    assert set(original.self) == set(sources.SOURCES) - {sources.REST} and np.isfinite(list(original.self.values())).all()
+    _flip_tensor_bytes(path)
+    with pytest.raises(ValueError, match=rf"{path.name} was altered"):
+        contrasts.run_shares(P, copy, arm, seed, sets[seed], kind="adam")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(design, "study_arms", lambda profile: arms)
+        records.train_study_runs(P, copy, progress=False)
+    assert "Recomputing an Adam source record that does not verify" in capsys.readouterr().out
+    again = contrasts.run_shares(P, copy, arm, seed, sets[seed], kind="adam")
+    assert again.self == pytest.approx(original.self, rel=1e-6)
+    manifest_path = run_folder.RunPaths(arm_dir).manifest
+    manifest = json.loads(manifest_path.read_text())
+    manifest["checkpoints"][str(step)]["sha256"]["optimizer"] = "0" * 64        # another Adam state
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="another key"):
+        contrasts.run_shares(P, copy, arm, seed, sets[seed], kind="adam")
+    contrasts.run_shares(P, copy, arm, seed, sets[seed])                       # the primary's record does not depend on it

@@ -71,6 +71,50 @@ def test_the_dose_moves_q_by_exactly_two_and_qg_by_one_per_log10_w(loss, dosed):
     assert all(r[k]["passed"] for k in known_answers.PRIMARY_READOUTS)
 
 
+def frozen_adam(model, seed=5):
+    """A fixed Adam state with random moments (float64), as at a checkpoint."""
+    from lie_helpers.engine.adam import AdamState
+    from lie_helpers.engine.brackets import parameters_of
+    g = torch.Generator().manual_seed(seed)
+    params = parameters_of(model)
+    return AdamState({k: 0.1 * torch.randn(t.shape, generator=g, dtype=DTYPE) for k, t in params.items()},
+                     {k: 0.01 * torch.rand(t.shape, generator=g, dtype=DTYPE) + 1e-4 for k, t in params.items()},
+                     50, (0.8, 0.999), 1e-8, 5e-3)
+
+
+@pytest.mark.parametrize("loss, dosed", [("independent", HAIR), ("independent", "Smiling"),
+                                         ("categorical_hair_matched", HAIR)])
+def test_at_a_fixed_adam_state_the_dose_moves_qa_by_two_qag_by_one_and_the_whole_self_bracket_along_its_curve(loss, dosed):
+    base = get_loss(loss)
+    model, x, y, batch = tiny_net(base.n_outputs), inputs(3), targets(3), inputs(4, seed=2)
+    state = frozen_adam(model)
+    result = known_answers.adam_dose_control(model, base, {"a": (x, y), "b": (x[[2, 0, 1]], y[[2, 0, 1]])}, batch,
+                                             dosed, state)
+    r = result["readouts"]
+    slopes = [r[name]["slope"] for name in known_answers.ADAM_DOSE_EXPECTED]
+    np.testing.assert_allclose(slopes, [2.0, 1.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(np.diff(r["Q^A, Adam self-share (D^A)"]["values"]), 2 * np.log10(2), atol=1e-9)
+    full = result["full"]
+    assert full["deviation"] < 1e-9 and full["passed"]
+    assert full["values"][0] == pytest.approx(full["curve"][0], abs=1e-12)
+    assert abs(full["slope"] - 2.0) > 1e-3          # the momentum part is linear in w: no slope of 2
+    assert all(r[k]["passed"] for k in known_answers.ADAM_DOSE_EXPECTED)
+
+
+def test_adams_record_holds_every_part_and_reduces_to_the_sgd_record_at_p_one_without_momentum():
+    base = get_loss("independent")
+    model, x, y, batch = tiny_net(40), inputs(3), targets(3), inputs(4, seed=2)
+    state = frozen_adam(model)
+    state = type(state)(state.m, {k: torch.zeros_like(t) for k, t in state.v.items()}, 50, (0.0, 0.999), 1.0, 5e-3)
+    adam = sources.adam_source_record(model, base, x, y, batch, state)
+    sgd = sources.source_record(model, base, x, y, batch)
+    assert {f"{s}|{p}" for s in sources.SCALES for p in sources.ADAM_PARTS} | {"pairs"} == set(adam)
+    for scale in sources.SCALES:
+        np.testing.assert_allclose(adam[f"{scale}|adam_self"], sgd[f"{scale}|self"], rtol=1e-11)
+        np.testing.assert_allclose(adam[f"{scale}|adam_full_self"], sgd[f"{scale}|self"], rtol=1e-11)
+        np.testing.assert_allclose(adam[f"{scale}|adam_first_order"], sgd[f"{scale}|first_order"], rtol=1e-11)
+
+
 def test_the_dose_leaves_every_other_self_part_unchanged():
     base = get_loss("independent")
     model, x, y, batch = tiny_net(40), inputs(3), targets(3), inputs(4, seed=2)
@@ -200,6 +244,36 @@ def test_a_null_with_wide_spread_says_what_it_could_not_detect():
     c4 = next(line for line in lines if line.startswith("C4:"))
     assert "does not detectably change" in c4 and "could not have detected" in c4 and "No support" in c4
     assert lines[-1].startswith("Each test is an exact sign-flip test over 8 seeds")
+
+
+def with_adam(record, qa_slope=2.0, deviation=1e-7):
+    """`record` with planted Adam dose controls (known_answers.adam_dose_control's shape)."""
+    def dose(source):
+        readouts = {name: {"values": [0.0, expected * 0.30103], "slope": expected, "expected": expected,
+                           "tolerance": tol, "passed": True} for name, (expected, tol) in known_answers.ADAM_DOSE_EXPECTED.items()}
+        first = next(iter(readouts))
+        readouts[first].update(slope=qa_slope, values=[0.0, qa_slope * 0.30103], passed=abs(qa_slope - 2) <= 0.3)
+        return {"source": source, "weights": [1.0, 2.0], "readouts": readouts,
+                "full": {"values": [0.0, 0.5], "curve": [0.0, 0.5], "deviation": deviation, "tolerance": 0.01,
+                         "passed": deviation <= 0.01, "slope": 1.66}}
+    return {**record, "adam_dose": {HAIR: dose(HAIR), "Smiling": dose("Smiling")}}
+
+
+def test_adams_readout_is_read_only_when_it_passed_and_c4_is_compared_with_the_primary():
+    primary = contrasts.contrast_tables(planted({}, noise=0.6, seed=4))
+    adam = contrasts.contrast_tables(planted({"independent": {HAIR: 0.8}}, first_order=0.0))
+    lines = verdict.adam_lines(with_adam(control()), adam, primary)
+    assert all("passed" in line for line in lines[:4])
+    c4 = next(line for line in lines if line.startswith("On Adam's readout, C4:"))
+    assert "raises the hair source's Adam self-share Q^A" in c4 and "what the write-up's hypothesis predicts" in c4
+    assert "the two readouts disagree" in lines[-1]
+    assert known_answers.readouts_passed(with_adam(control()))["Q^A"]
+    failed = verdict.adam_lines(with_adam(control(), qa_slope=0.5), None, primary)
+    assert "FAILED" in failed[0] and failed[-1].startswith("Adam's self-share Q^A failed")
+    assert not any("C4" in line for line in failed)
+    assert "FAILED" in verdict.adam_lines(with_adam(control(), deviation=0.2), adam, primary)[3]
+    assert not known_answers.readouts_passed(control())["Q^A"]          # a record without Adam's controls
+    assert "not read" in verdict.adam_lines(control(), adam, primary)[0]
 
 
 def test_softmax_group_losses_keep_their_groups_as_one_source():

@@ -23,6 +23,15 @@ Known answers under a dose (term m's loss multiplied by w at a fixed checkpoint;
 so only the self part is a pure power w²; the source part, w (S_m − D_m) + w² D_m, follows a curve fixed in
 advance by the two w = 1 quantities (log-slope between 1 and 2 unless its two pieces partly cancel).
 
+Adam's self part (`adam_source_brackets`; Adam's bracket, lie_helpers.engine.adam, with its state frozen: P =
+1/(√v̂₀ + ε), momentum m₀). Adam's bracket of the two examples' source-k fields splits the same way,
+
+    𝔅_k = (1−β1)·D^A_k + β1·M_k,   D^A_k = P(H_{y,k} P g_{x,k} − H_{x,k} P g_{y,k}),   M_k = P(H_{y,k} − H_{x,k}) P m₀,
+
+D^A_k the bilinear part, M_k the momentum part (for a loss of one source 𝔅_k is engine.adam.adam_bracket). The
+machinery is the SGD split's with the tangents P·g (and P·m₀) and each product multiplied by P. Under a dose w on
+source k at a FIXED state (P and m₀ not recomputed): D^A_k → w² D^A_k, M_k → w M_k, J·(P g_k) → w J·(P g_k), exactly.
+
 Everything is pushed onto the logits of a fixed batch (a Jacobian-vector product, as
 brackets.pushforward): per (pair, source) a [batch, outputs] array, and J·v_{x,k} = −J·g_{x,k} per
 (example, source), the sign of first_order.gradient_pushforward.
@@ -41,8 +50,8 @@ thread on a shared 2-core machine, process CPU time against bracket_matrix + pus
 Every source costs two Hessian-vector products per pair and one batch pushforward in the forward way, so
 all K sources cost about K/2 to K times the plain bracket. Two cheaper exact formulations: `sources` picks
 the terms a readout needs and adds a "rest" source (the gradient minus theirs), so the parts still sum to
-the bracket exactly; and the adjoint (`source_brackets_on_outputs`, below) gives every source on a few
-chosen logits at a cost set by the logits, not the sources.
+the bracket exactly; and the adjoint (lie_helpers.analysis.source_projections: `source_brackets_on_outputs`)
+gives every source on a few chosen logits at a cost set by the logits, not the sources.
 """
 from __future__ import annotations
 
@@ -50,7 +59,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad, jvp, vmap
 
 from ..data.attributes import ATTRIBUTES
 from ..engine.brackets import bracket_mode, check_example, check_pairs, parameters_of
@@ -149,6 +158,8 @@ class SourceBrackets:
     first_order[e, s]      = J_B v_{e,s} = −J_B g_{e,s}, [examples, sources, batch, outputs];
     parameter_space / self_parameter_space: name -> [pairs, sources, *shape] when kept (small models).
     sources: names, "rest" last when the sources were a subset.
+    With a preconditioner P (adam_source_brackets) every part carries it: pushforward J·P(H_j P g_{i,s} − H_i P g_{j,s}),
+    self_pushforward J·D^A_s, first_order −J·P g_{e,s}, and momentum_pushforward[p, s] = J·M_s.
     """
     n: int
     sources: list
@@ -158,6 +169,8 @@ class SourceBrackets:
     parameter_space: dict | None = None
     self_parameter_space: dict | None = None
     pairs: list = field(default_factory=list)
+    momentum_pushforward: torch.Tensor | None = None
+    momentum_parameter_space: dict | None = None
 
     @property
     def bracket_pushforward(self) -> torch.Tensor:
@@ -196,8 +209,9 @@ def _chunked(fn, tensors: list, chunk: int):
 
 
 def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor, *,
-                    sources=None, self_part: bool = False, keep_parameter_space: bool = False,
-                    pairs=None, tangents_per_call: int | None = None) -> SourceBrackets:
+                    sources=None, self_part: bool = False, keep_parameter_space: bool = False, source_part: bool = True,
+                    pairs=None, tangents_per_call: int | None = None, precondition: dict | None = None,
+                    momentum: dict | None = None) -> SourceBrackets:
     """Source parts S_k (and with `self_part` the self parts D_k) of every bracket among the examples
     (inputs[i:i+1], targets[i:i+1]), pushed onto `batch`; and each example's per-source J·v.
 
@@ -212,6 +226,9 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
     H_{i,s} g_{j,s}, the Hessian of term s alone, in the same call); the differences are pushed onto the
     batch in vmapped Jacobian-vector products that share the batch's forward pass (per_call(PUSH_PER_CALL) at once).
     Memory: N·S gradients, the products of one call, S = number of sources.
+    source_part=False skips the source parts S_k (half the products when only self parts are read; pushforward None).
+    precondition (P, a field) and momentum (a field u; Adam: u = P·m₀): the preconditioned split of
+    adam_source_brackets (module docstring), with momentum_pushforward J·P(H_{j,s} − H_{i,s})u (N·S more products).
     """
     params = parameters_of(model)
     tangents_per_call = tangents_per_call or per_call(TANGENTS_PER_CALL, params)
@@ -265,12 +282,19 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
         flat = {k: t.reshape(-1, *t.shape[2:]) for k, t in v.items()}
         return _chunked(push, [flat], push_per_call).detach().reshape(*lead, batch.shape[0], -1)
 
-    weights = torch.cat([ones, sel]) if self_part else ones       # [W, terms]: full Hessian (and term s's)
+    if not (source_part or self_part):
+        raise ValueError("source_brackets needs source_part or self_part.")
+    weights = torch.cat([ones] * source_part + [sel] * self_part)      # [W, terms]: full Hessian and/or term s's
+    at = n_sources * source_part                                        # where the self parts' rows start
     width = weights.shape[0]
     per_example = vmap(hvps, in_dims=(None, 0, 0, 0, None))      # examples batched, each sharing its forward
 
+    def times_p(f):                                      # P·f (identity without a preconditioner)
+        return f if precondition is None else {k: t * precondition[k] for k, t in f.items()}
+
     with bracket_mode(model):
-        grads = stack_fields([source_gradients(params, inputs[e:e + 1], targets[e:e + 1], sel) for e in range(n)])
+        grads = times_p(stack_fields([source_gradients(params, inputs[e:e + 1], targets[e:e + 1], sel)
+                                      for e in range(n)]))
         first_order = -push_all(grads)
 
         def products(chunk):
@@ -290,167 +314,59 @@ def source_brackets(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor,
         pushed, self_pushed, kept, self_kept = [], [], [], []
         for start in range(0, len(pairs), pairs_per_call):
             h = products(pairs[start:start + pairs_per_call])
-            part = {k: t[0::2, :n_sources] - t[1::2, :n_sources] for k, t in h.items()}   # [c, S, ...]
-            pushed.append(push_all(part))
-            if keep_parameter_space:
-                kept.append({k: t.detach() for k, t in part.items()})
+            if source_part:
+                part = times_p({k: t[0::2, :n_sources] - t[1::2, :n_sources] for k, t in h.items()})   # [c, S, ...]
+                pushed.append(push_all(part))
+                if keep_parameter_space:
+                    kept.append({k: t.detach() for k, t in part.items()})
             if self_part:
-                own = {k: t[0::2, n_sources:] - t[1::2, n_sources:] for k, t in h.items()}
+                own = times_p({k: t[0::2, at:] - t[1::2, at:] for k, t in h.items()})
                 self_pushed.append(push_all(own))
                 if keep_parameter_space:
                     self_kept.append({k: t.detach() for k, t in own.items()})
 
+        moved = kept_moved = None
+        if momentum is not None:        # P H_{e,s} u for each example (S fields at a time), pushed; then per pair
+            u = {k: t.expand(n_sources, *t.shape) for k, t in momentum.items()}
+            ii, jj = torch.tensor([i for i, _ in pairs]), torch.tensor([j for _, j in pairs])
+            pushed_h, kept_h = [], []
+            for e in range(n):
+                h = times_p(_chunked(lambda v, w: hvps(params, inputs[e:e + 1], targets[e:e + 1], v, w), [u, sel],
+                                     tangents_per_call))                                     # [S, ...]
+                pushed_h.append(push_all({k: t[None] for k, t in h.items()})[0])
+                kept_h.append({k: t.detach() for k, t in h.items()} if keep_parameter_space else None)
+            pushed_h = torch.stack(pushed_h)                                                   # [N, S, batch, outputs]
+            moved = pushed_h[jj] - pushed_h[ii]                                                # [pairs, S, batch, outputs]
+            if keep_parameter_space:
+                h = stack_fields(kept_h)
+                kept_moved = {k: t[jj] - t[ii] for k, t in h.items()}
+
     def stacked(rows):
         return {k: torch.cat([r[k] for r in rows]) for k in rows[0]} if rows else None
 
-    return SourceBrackets(n=n, sources=names, pushforward=torch.cat(pushed), first_order=first_order,
+    return SourceBrackets(n=n, sources=names, pushforward=torch.cat(pushed) if source_part else None,
+                          first_order=first_order,
                           self_pushforward=torch.cat(self_pushed) if self_part else None,
-                          parameter_space=stacked(kept) if keep_parameter_space else None,
+                          parameter_space=stacked(kept) if keep_parameter_space and source_part else None,
                           self_parameter_space=stacked(self_kept) if keep_parameter_space and self_part else None,
-                          pairs=pairs)
+                          pairs=pairs, momentum_pushforward=moved,
+                          momentum_parameter_space=kept_moved if keep_parameter_space else None)
 
 
-# ----------------------------------------------------------------------------- all sources at the cost of the outputs read
-#
-# The forward formulation costs two Hessian-vector products and a batch pushforward per (pair, source). A
-# readout that looks at few batch logits can have every source at once by the adjoint: H is symmetric, so
-# for a direction u over the batch's logits,
-#     ⟨u, J_B S_k⟩ = ⟨H_j w_u, g_{i,k}⟩ − ⟨H_i w_u, g_{j,k}⟩,   w_u = J_Bᵀ u,   and ⟨u, J_B v_{x,k}⟩ = −⟨w_u, g_{x,k}⟩.
-# One Hessian-vector product per (example, direction), shared by every pair and source; the rest are inner
-# products with the stored per-source gradients. With u the unit vectors of some logits (`outputs`, every
-# batch image) the result is exact; with random Gaussian u it estimates the magnitude over all logits
-# (E (u·a)² = ‖a‖²). Self parts need the Hessian of each term: they are not available this way.
+def adam_source_brackets(model, loss_fn, inputs, targets, batch, state, **kw) -> SourceBrackets:
+    """Adam's split (module docstring) at the frozen state `state` (engine.adam.AdamState, t ≥ 1): self_pushforward
+    J·D^A_s, momentum_pushforward J·M_s, first_order −J·P g_{e,s}; with source_part=True also pushforward, the
+    preconditioned source parts P(H_j P g_{i,s} − H_i P g_{j,s}). Adam's bracket of the source-s fields is
+    adam_self_part(r, state); other arguments as source_brackets'. Cost: the SGD self parts' products plus N·S."""
+    p = state.preconditioner()
+    return source_brackets(model, loss_fn, inputs, targets, batch, self_part=True, precondition=p,
+                           momentum={k: p[k] * m for k, m in state.m.items()}, **{"source_part": False, **kw})
 
 
-@dataclass
-class SourceProjections:
-    """⟨u, ·⟩ of every source part for M directions u over the batch's logits [M, batch, outputs].
-
-    pushforward[p, s, m] = ⟨u_m, J_B S_s⟩ of pair p; first_order[e, s, m] = ⟨u_m, J_B v_{e,s}⟩.
-    """
-    n: int
-    sources: list
-    directions: torch.Tensor
-    pushforward: torch.Tensor
-    first_order: torch.Tensor
-    pairs: list = field(default_factory=list)
-
-
-def source_projections(model, loss_fn, inputs: torch.Tensor, targets: torch.Tensor, batch: torch.Tensor,
-                       directions: torch.Tensor, *, pairs=None, tangents_per_call: int | None = None,
-                       unit_rows: bool = False) -> SourceProjections:
-    """Every source's part of every bracket (and of J·v) projected on `directions` [M, batch, outputs], by the
-    adjoint above: M batch VJPs (one-example VJPs with `unit_rows`, when each direction is a unit vector of one
-    logit), N·M Hessian-vector products, and N²·M·S inner products of parameter vectors."""
-    params = parameters_of(model)
-    tangents_per_call = tangents_per_call or per_call(TANGENTS_PER_CALL, params)
-    push_per_call = per_call(PUSH_PER_CALL, params)
-    dtype = next(iter(params.values())).dtype
-    n = inputs.shape[0]
-    if n < 2 or inputs.shape[0] != targets.shape[0]:
-        raise ValueError("source_projections needs at least 2 examples, as many inputs as targets.")
-    check_example((inputs[:1], targets[:1]), "inputs[0]", params)
-    pairs = check_pairs(n, pairs)
-    directions = directions.to(dtype)
-
-    def logits_at(p, x):
-        return functional_call(model, p, (x,))
-
-    with bracket_mode(model), torch.no_grad():
-        n_outputs = model(inputs[:1]).shape[1]
-    if directions.shape[1:] != (batch.shape[0], n_outputs):
-        raise ValueError(f"directions must be [M, {batch.shape[0]}, {n_outputs}], got {tuple(directions.shape)}.")
-    layout = source_layout(loss_fn, n_outputs)
-    sel = torch.eye(len(layout), dtype=dtype, device=inputs.device)
-
-    def selected_loss(p, x, t, s):
-        return (s * source_terms(loss_fn, logits_at(p, x), t)[0]).sum()
-
-    def directional(p, x, t, v, s):
-        return jvp(lambda q: selected_loss(q, x, t, s), (p,), (v,))[1]
-
-    source_gradients = vmap(grad(selected_loss), in_dims=(None, None, None, 0))
-    hvps = vmap(grad(directional), in_dims=(None, None, None, 0, None))
-    ones = torch.ones(len(layout), dtype=dtype, device=inputs.device)
-    with bracket_mode(model):
-        if unit_rows:          # w = ∇θ of one logit of one batch image: that image alone
-            where = directions.reshape(directions.shape[0], -1).abs().argmax(1)
-            image, output = where // n_outputs, where % n_outputs
-            scale = directions.reshape(directions.shape[0], -1).gather(1, where[:, None])[:, 0]
-
-            pick = torch.nn.functional.one_hot(output, n_outputs).to(dtype) * scale[:, None]       # [M, outputs]
-
-            def one_logit(p, x, c):
-                return (c * logits_at(p, x[None])[0]).sum()
-            w = _chunked(lambda x, c: vmap(grad(one_logit), in_dims=(None, 0, 0))(params, x, c),
-                         [batch[image], pick], tangents_per_call)
-        else:
-            _, pull = vjp(lambda p: logits_at(p, batch), params)
-            w = _chunked(lambda u: vmap(pull)(u)[0], [directions], push_per_call)
-        flat_grads = torch.stack([torch.cat([t.reshape(len(layout), -1) for t in
-                                             source_gradients(params, inputs[e:e + 1], targets[e:e + 1], sel).values()], dim=1)
-                                  for e in range(n)])                                              # [N, S, P]
-        flat_w = torch.cat([t.reshape(t.shape[0], -1) for t in w.values()], dim=1)                  # [M, P]
-        first_order = -torch.einsum("mp,esp->esm", flat_w, flat_grads)
-        inner = []                                        # [N(hessian), M, N(gradient), S]
-        for e in range(n):
-            h = _chunked(lambda v: hvps(params, inputs[e:e + 1], targets[e:e + 1], v, ones), [w], tangents_per_call)
-            flat_h = torch.cat([t.reshape(t.shape[0], -1) for t in h.values()], dim=1)
-            inner.append(torch.einsum("mp,xsp->mxs", flat_h, flat_grads))
-        inner = torch.stack(inner)
-    projected = torch.stack([inner[j, :, i] - inner[i, :, j] for i, j in pairs])                 # [pairs, M, S]
-    return SourceProjections(n=n, sources=[s.name for s in layout], directions=directions,
-                             pushforward=projected.transpose(1, 2).detach(), first_order=first_order.detach(),
-                             pairs=pairs)
-
-
-def unit_directions(batch_size: int, n_outputs: int, outputs, dtype=torch.float32, device=None) -> torch.Tensor:
-    """[batch · len(outputs), batch, outputs]: the unit vectors of the chosen logits of every batch image,
-    ordered image-major (reshape a projection's last axis to [batch, len(outputs)])."""
-    outputs = list(outputs)
-    u = torch.zeros(batch_size, len(outputs), batch_size, n_outputs, dtype=dtype, device=device)
-    for n_ in range(batch_size):
-        for k, o in enumerate(outputs):
-            u[n_, k, n_, o] = 1
-    return u.reshape(-1, batch_size, n_outputs)
-
-
-def source_brackets_on_outputs(model, loss_fn, inputs, targets, batch, outputs, *, pairs=None,
-                               tangents_per_call: int | None = None) -> SourceBrackets:
-    """Exactly source_brackets(...) restricted to the logits `outputs` (every source, no "rest"), by the adjoint:
-    pushforward [pairs, sources, batch, len(outputs)], first_order [examples, sources, batch, len(outputs)].
-
-    Cost: N · batch · len(outputs) Hessian-vector products whatever the number of sources (the forward way:
-    2 · pairs · sources products and pairs · sources batch pushforwards).
-    """
-    with bracket_mode(model), torch.no_grad():
-        n_outputs = model(inputs[:1]).shape[1]
-    u = unit_directions(batch.shape[0], n_outputs, outputs, batch.dtype, batch.device)
-    r = source_projections(model, loss_fn, inputs, targets, batch, u, pairs=pairs,
-                           tangents_per_call=tangents_per_call, unit_rows=True)
-    shape = (batch.shape[0], len(list(outputs)))
-    return SourceBrackets(n=r.n, sources=r.sources, pushforward=r.pushforward.reshape(*r.pushforward.shape[:2], *shape),
-                          first_order=r.first_order.reshape(*r.first_order.shape[:2], *shape), pairs=r.pairs)
-
-
-def sketched_source_magnitudes(model, loss_fn, inputs, targets, batch, *, sketches: int = 32, seed: int = 0,
-                               weights: torch.Tensor | None = None, pairs=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """([pairs, sources], [examples, sources]): estimated RMS over the batch's logits of every source part and of
-    every J·v part, from `sketches` Gaussian directions (relative sd about √(2 / sketches) per entry).
-
-    weights [batch, outputs] (e.g. the Fisher factor √(p(1 − p))) reweights the logits before the RMS. The same
-    seed gives the same directions, so an estimate is linear in the part it reads: a part scaled by c has its
-    estimate scaled by exactly c (the dose's known slopes hold exactly for it).
-    """
-    with bracket_mode(model), torch.no_grad():
-        n_outputs = model(inputs[:1]).shape[1]
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(sketches, batch.shape[0], n_outputs, generator=g, dtype=torch.float64)
-    if weights is not None:
-        u = u * weights.double().cpu()
-    r = source_projections(model, loss_fn, inputs, targets, batch, u.to(batch.device, batch.dtype), pairs=pairs)
-    size = batch.shape[0] * n_outputs
-    return ((r.pushforward.double().pow(2).mean(-1) / size).sqrt(), (r.first_order.double().pow(2).mean(-1) / size).sqrt())
+def adam_self_part(r: SourceBrackets, state) -> torch.Tensor:
+    """[pairs, sources, batch, outputs]: J·𝔅_s = (1−β1)·J·D^A_s + β1·J·M_s, Adam's bracket of each source's fields."""
+    beta1 = state.betas[0]
+    return (1 - beta1) * r.self_pushforward + beta1 * r.momentum_pushforward
 
 
 # ----------------------------------------------------------------------------- readouts

@@ -24,6 +24,10 @@ same quantity, the change of the Bernoulli marginal "attribute present" in units
 (≈ √(2 KL)), whatever the loss's outputs (sigmoid or softmax member); log-odds is shown as the sensitivity check
 (it weighs confident outputs' changes as heavily as uncertain ones').
 
+Secondary readout (issue 20, added after the primary's results; the primary's contrasts are unchanged): the same
+contrasts on Adam's self-share Q^A and its Q^Ag (lie_helpers.study.sources), read only when Q^A passed its own dose
+control (`adam_contrast_tables`).
+
 Tests: exact paired sign-flip tests, Holm over each family (C1–C5 on Q; C1–C4 on Q^g; C1–C4 paired against J·g);
 intervals invert the same sign-flip test at Holm-consistent levels (stats.sign_flip_contrasts), so an interval
 excludes 0 exactly when Holm rejects. They cover the centre of symmetry of the seeds' differences, a median-like
@@ -41,6 +45,7 @@ import numpy as np
 
 from . import design, stats
 from .design import Arm, arm_profile, arm_run_dir, study_sets
+from .known_answers import readouts_passed
 from .source_records import load_source_record
 from .sources import GLASSES, HAIR, MAKEUP, SOURCE_STRATA, SOURCES, dominant_share, leave_one_out, shares
 from ..training.config import Profile
@@ -73,17 +78,26 @@ class RunShares:
     by_stratum: dict = field(default_factory=dict)   # stratum -> {"self": {...}, "first_order": {...}}
 
 
-def run_shares(profile: Profile, run_dir, arm: Arm, seed: int, sets, scale: str = SCALE) -> RunShares:
-    """The run's RunShares on `scale` from its source record (verified under its key; `sets`: that seed's sets)."""
+# which record's parts a RunShares reads: the primary (SGD) readout's, or Adam's (secondary, issue 20: "self" is
+# D^A's share Q^A, "first_order" J·Pg's Q^Ag, "source_part" Adam's whole self bracket's, reported)
+READOUTS = {"sources": {"self": "self", "first_order": "first_order", "source_part": "source"},
+            "adam": {"self": "adam_self", "first_order": "adam_first_order", "source_part": "adam_full_self"}}
+
+
+def run_shares(profile: Profile, run_dir, arm: Arm, seed: int, sets, scale: str = SCALE,
+               kind: str = "sources") -> RunShares:
+    """The run's RunShares on `scale` from its source record (kind "sources") or Adam source record ("adam"),
+    verified under its key; `sets`: that seed's sets."""
     settings = arm_profile(profile, arm, seed)
-    record = load_source_record(settings, arm_run_dir(run_dir, arm, seed), sets)
+    record = load_source_record(settings, arm_run_dir(run_dir, arm, seed), sets, kind)
+    part = {k: f"{scale}|{v}" for k, v in READOUTS[kind].items()}
     by = {}
     for stratum in SOURCE_STRATA:
         r = record[stratum]
-        by[stratum] = {"self": shares(r[f"{scale}|self"]), "first_order": shares(r[f"{scale}|first_order"]),
-                       "source_part": shares(r[f"{scale}|source"]),
-                       "hair_leave_one_out": leave_one_out(r[f"{scale}|self"], r["pairs"], HAIR),
-                       "hair_dominant_share": dominant_share(r[f"{scale}|self"], r["pairs"], SOURCES.index(HAIR))}
+        by[stratum] = {"self": shares(r[part["self"]]), "first_order": shares(r[part["first_order"]]),
+                       "source_part": shares(r[part["source_part"]]),
+                       "hair_leave_one_out": leave_one_out(r[part["self"]], r["pairs"], HAIR),
+                       "hair_dominant_share": dominant_share(r[part["self"]], r["pairs"], SOURCES.index(HAIR))}
 
     def mean(part):
         return {k: float(np.mean([by[s][part][k] for s in SOURCE_STRATA])) for k in by[SOURCE_STRATA[0]][part]}
@@ -92,10 +106,12 @@ def run_shares(profile: Profile, run_dir, arm: Arm, seed: int, sets, scale: str 
                      float(np.mean([by[s]["hair_dominant_share"] for s in SOURCE_STRATA])), by)
 
 
-def study_shares(profile: Profile, run_dir, scale: str = SCALE, sets=None) -> dict[str, list[RunShares]]:
-    """Arm name -> its runs' RunShares on `scale`, in seed order (`sets`: study_sets' first value, else drawn)."""
+def study_shares(profile: Profile, run_dir, scale: str = SCALE, sets=None, kind: str = "sources"
+                 ) -> dict[str, list[RunShares]]:
+    """Arm name -> its runs' RunShares on `scale`, in seed order (`sets`: study_sets' first value, else drawn; kind as
+    run_shares)."""
     sets = sets if sets is not None else study_sets(profile)[0]
-    return {arm.name: [run_shares(profile, run_dir, arm, seed, sets[seed], scale) for seed in arm.seeds]
+    return {arm.name: [run_shares(profile, run_dir, arm, seed, sets[seed], scale, kind) for seed in arm.seeds]
             for arm in design.study_arms(profile)}
 
 
@@ -153,3 +169,12 @@ def robustness_table(shares_by_arm: dict, alpha: float = ALPHA) -> dict:
     """C2 and C4 on Q_HAIR with each stratum's dominant example left out (reported; its own Holm family of two)."""
     names = [n for n in PAIRED if CONTRASTS[n][2] == HAIR]
     return stats.sign_flip_contrasts(family(shares_by_arm, "Q, leave one out", names), 1 - alpha)
+
+
+def adam_contrast_tables(profile: Profile, run_dir, record: dict, sets=None, alpha: float = ALPHA) -> dict | None:
+    """The registered contrasts recomputed on Adam's readout (secondary, issue 20): contrast_tables of the runs' Adam
+    shares (Q^A, Q^Ag; the same pairing by seed and the same Holm families as the primary), or None when Q^A failed
+    its dose control in `record` (known_answers.control_record): an unproven readout decides nothing."""
+    if not readouts_passed(record)["Q^A"]:
+        return None
+    return contrast_tables(study_shares(profile, run_dir, SCALE, sets, kind="adam"), alpha)

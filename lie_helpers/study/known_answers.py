@@ -20,7 +20,13 @@ strata "ambiguous black/brown" and "faint glasses"; lie_helpers.study.sources):
    glasses band's test images must grow monotonically with the glasses band across the arms that differ in
    nothing else: independent with no bands (0), bands / 3, and bands (study_band); no new training.
 
-The record of 1 and 2 (`control_record`) is made once, in the study's process that analyses the control run, and
+4. Adam's readout (`adam_dose_control`, issue 20): the same dose on the same sources with the checkpoint's Adam state
+   held FIXED (P and m₀ not recomputed). D^A_k → w² D^A_k and J·(P g_k) → w J·(P g_k) exactly, so Q^A has slope 2,
+   Q^Ag slope 1 and Q^A − 2·Q^Ag slope 0, with the primary's tolerances. Adam's whole self bracket (1−β1)·D^A_k +
+   β1·M_k has no single slope (M_k → w M_k): its readout at each w must match the curve that the two w = 1 parts fix,
+   the readout of (1−β1)·w²·D^A_k + β1·w·M_k with every other source as at w = 1 (to ADAM_FULL_TOLERANCE log10).
+
+The record of 1, 2 and 4 (`control_record`) is made once, in the study's process that analyses the control run, and
 stored in `<study run>/study/controls.json` under a key (the control run's weights, examples, sources, the
 expectations); 3 needs three arms' runs and is cheap, so notebook 04 computes it.
 """
@@ -35,10 +41,11 @@ import torch
 from . import sources
 from .design import arm_profile, arm_run_dir, control_run, study_arms
 from .example_sets import split_truth
-from .source_records import source_key, source_set, source_step, stratum_inputs
+from .source_records import adam_key, source_key, source_set, source_step, stratum_inputs
 from ..analysis import controls
+from ..analysis.adam_records import load_adam_state
 from ..analysis.currency import HAIR_PAIR
-from ..analysis.source_brackets import source_brackets
+from ..analysis.source_brackets import adam_source_brackets, source_brackets
 from ..data.attributes import ATTRIBUTES
 from ..data.storage import atomic_write_json, json_digest, read_json
 from ..engine.brackets import bracket_mode
@@ -48,7 +55,7 @@ from ..training.datasets import load_profile_split, prepare_data
 from ..training.losses import get_loss
 from ..training.train import load_checkpoint, prepare_inputs
 
-CONTROL_VERSION = 1
+CONTROL_VERSION = 2
 DOSE_WEIGHTS = (1.0, 2.0, 4.0, 8.0)
 DOSE_SOURCES = (sources.HAIR, "Smiling")                    # banded, and an unbanded reference source
 OLD_READOUT_ATTRIBUTES = {sources.HAIR: HAIR_PAIR, "Smiling": ("Smiling",)}
@@ -70,6 +77,14 @@ CURVATURE_EXPECTED = {       # quantity -> ("max" or "min", bound): float64, so 
     "bracket change against its closed form": ("max", 1e-6),  # relative error: exact
     "self part change (log10)": ("min", 0.01),              # largest |log10 ratio| over τ: D_Eyeglasses moves
 }
+ADAM_DOSE_EXPECTED = {       # Adam's readout at a fixed state: readout -> (slope in log10 w, tolerance)
+    "Q^A, Adam self-share (D^A)": (2.0, 0.3),
+    "Q^Ag, J·Pg share": (1.0, 0.15),
+    "Q^A − 2·Q^Ag (C5's statistic on Adam)": (0.0, 0.3),
+}
+ADAM_READOUTS = dict(zip(ADAM_DOSE_EXPECTED, ("Q^A", "Q^Ag", "C5^A")))
+ADAM_FULL = "Adam's whole self bracket against its w = 1 curve"
+ADAM_FULL_TOLERANCE = 0.01   # max |readout − curve| over w, log10: round-off only (float32)
 TRAINING_DOSE_EXPECTED = "strictly increasing with the glasses band (arm means over the seeds the three arms share)"
 
 
@@ -105,12 +120,57 @@ def dose_control(model, base_loss, strata: dict, batch, source: str, weights=DOS
             per["old readout, J·g"].append(controls.relative_share(loss, r.gradient_pushforward, batch_logits)[old].mean())
         for name in DOSE_EXPECTED:
             values[name].append(float(np.mean(per[name])))
-    readouts = {}
-    for name, (expected, tolerance) in DOSE_EXPECTED.items():
+    return {"source": source, "weights": list(weights), "readouts": _slopes(weights, values, DOSE_EXPECTED)}
+
+
+def _slopes(weights, values: dict, expected: dict) -> dict:
+    out = {}
+    for name, (slope_expected, tolerance) in expected.items():
         slope = controls.log_slope(weights, values[name])
-        readouts[name] = {"values": values[name], "slope": slope, "expected": expected, "tolerance": tolerance,
-                          "passed": controls.readout_passes(slope, expected, tolerance)}
-    return {"source": source, "weights": list(weights), "readouts": readouts}
+        out[name] = {"values": values[name], "slope": slope, "expected": slope_expected, "tolerance": tolerance,
+                     "passed": controls.readout_passes(slope, slope_expected, tolerance)}
+    return out
+
+
+def adam_dose_control(model, base_loss, strata: dict, batch, source: str, state, weights=DOSE_WEIGHTS) -> dict:
+    """dose_control's analogue for Adam's readout at the frozen Adam state `state` (module docstring, 4): every
+    readout of ADAM_DOSE_EXPECTED at each w, and Adam's whole self bracket's readout against the curve the two w = 1
+    parts fix. Returns {"source", "weights", "readouts", "full": {"values", "curve", "deviation", "tolerance",
+    "passed", "slope"}}."""
+    weights = tuple(float(w) for w in weights)
+    if weights[0] != 1.0 or len(weights) < 2:
+        raise ValueError(f"weights must start at 1 and hold at least two values, got {weights}.")
+    with bracket_mode(model), torch.no_grad():
+        batch_logits = model(batch).detach()
+    n_outputs, loss, beta1 = batch_logits.shape[1], base_loss.name, state.betas[0]
+    grouped = sources.SourceGroups(base_loss, n_outputs)
+    k = sources.SOURCES.index(source)
+    values = {name: [] for name in [*ADAM_DOSE_EXPECTED, "full", "curve"]}
+    at_one = {}                        # stratum -> (D^A_k, M_k pushforwards, full-self magnitudes) at w = 1
+    for w in weights:
+        per = {name: [] for name in values}
+        for stratum, (inputs, targets) in strata.items():
+            r = adam_source_brackets(model, controls.WeightedLoss(grouped, {source: w}, n_outputs), inputs, targets,
+                                     batch, state)
+            m = {part: sources.pair_magnitudes(loss, value, batch_logits, "fisher")
+                 for part, value in sources.adam_parts(r, state).items()}
+            if w == 1.0:
+                at_one[stratum] = (r.self_pushforward[:, k:k + 1], r.momentum_pushforward[:, k:k + 1], m["adam_full_self"])
+            d1, m1, full1 = at_one[stratum]
+            curve = full1.copy()
+            curve[:, k] = sources.pair_magnitudes(loss, (1 - beta1) * w ** 2 * d1 + beta1 * w * m1, batch_logits,
+                                                  "fisher")[:, 0]
+            q, qg = sources.shares(m["adam_self"])[source], sources.shares(m["adam_first_order"])[source]
+            for name, value in zip(values, (q, qg, q - 2 * qg, sources.shares(m["adam_full_self"])[source],
+                                            sources.shares(curve)[source])):
+                per[name].append(value)
+        for name in values:
+            values[name].append(float(np.mean(per[name])))
+    deviation = float(np.max(np.abs(np.subtract(values["full"], values["curve"]))))
+    full = {"values": values["full"], "curve": values["curve"], "deviation": deviation, "tolerance": ADAM_FULL_TOLERANCE,
+            "passed": bool(deviation <= ADAM_FULL_TOLERANCE), "slope": controls.log_slope(weights, values["full"])}
+    return {"source": source, "weights": list(weights), "readouts": _slopes(weights, values, ADAM_DOSE_EXPECTED),
+            "full": full}
 
 
 # ----------------------------------------------------------------------------- 2. curvature at fixed residuals
@@ -144,7 +204,9 @@ def control_key(profile: Profile, run_dir, sets) -> str:
     """What the control record depends on: the control run's source-record key and every expectation above."""
     arm, seed = control_arm(profile)
     settings, arm_dir = arm_profile(profile, arm, seed), arm_run_dir(run_dir, arm, seed)
-    return json_digest({"sources": source_key(settings, arm_dir, source_step(settings), sets), "version": CONTROL_VERSION,
+    step = source_step(settings)
+    return json_digest({"sources": source_key(settings, arm_dir, step, sets), "version": CONTROL_VERSION,
+                        "adam": [adam_key(settings, arm_dir, step, sets), ADAM_DOSE_EXPECTED, ADAM_FULL_TOLERANCE],
                         "dose": [list(DOSE_WEIGHTS), list(DOSE_SOURCES), DOSE_EXPECTED],
                         "curvature": [CURVATURE_SOURCE, CURVATURE_STRATUM, list(controls.TEMPERATURES),
                                       CURVATURE_EXPECTED]}, 16)
@@ -181,17 +243,27 @@ def _controls(profile: Profile, run_dir, sets, test, key: str) -> dict:
     strata = {s: stratum_inputs(settings, test, example_set, s) for s in sources.SOURCE_STRATA}
     batch = strata[sources.SOURCE_STRATA[0]][2]
     dose = {k: dose_control(model, loss_fn, {s: v[:2] for s, v in strata.items()}, batch, k) for k in DOSE_SOURCES}
+    state = load_adam_state(arm_dir, step, settings)
+    adam = {k: adam_dose_control(model, loss_fn, {s: v[:2] for s, v in strata.items()}, batch, k, state)
+            for k in DOSE_SOURCES}
     model64 = load_checkpoint(arm_dir, step, settings, dtype=torch.float64)
     curvature = curvature_check(model64, loss_fn, *stratum_inputs(settings, test, example_set, CURVATURE_STRATUM,
                                                                   dtype=torch.float64))
     return json.loads(json.dumps({"key": key, "arm": arm.name, "seed": seed, "step": step, "dose": dose,
-                                  "curvature": curvature}, default=float))
+                                  "adam_dose": adam, "curvature": curvature}, default=float))
 
 
 def readouts_passed(record: dict) -> dict:
-    """{"Q": bool, "Q^g": bool, "C5": bool}: whether each primary readout passed the dose on every dosed source."""
-    return {short: all(d["readouts"][name]["passed"] for d in record["dose"].values())
-            for name, short in PRIMARY_READOUTS.items()}
+    """{"Q": bool, "Q^g": bool, "C5": bool, "Q^A": bool, "Q^Ag": bool, "C5^A": bool, "Adam full": bool}: whether each
+    readout passed its dose control on every dosed source (Adam's: 4. of the module docstring; "Adam full" the whole
+    self bracket against its w = 1 curve). A record without Adam's controls (made before them) passes none of Adam's."""
+    out = {short: all(d["readouts"][name]["passed"] for d in record["dose"].values())
+           for name, short in PRIMARY_READOUTS.items()}
+    adam = list(record.get("adam_dose", {}).values())
+    out.update({short: bool(adam) and all(d["readouts"][name]["passed"] for d in adam)
+                for name, short in ADAM_READOUTS.items()})
+    out["Adam full"] = bool(adam) and all(d["full"]["passed"] for d in adam)
+    return out
 
 
 # ----------------------------------------------------------------------------- 3. training-level dose

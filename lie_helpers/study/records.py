@@ -119,6 +119,7 @@ def train_study_runs(profile: Profile, run_dir, *, shard=(0, 1), progress: bool 
     def analyse(run: SideRun, splits: dict, progress: bool) -> None:
         analyse_study_run(run.profile, run.run_dir, sets[run.seed], splits["test"])
         source_records.analyse_sources(run.profile, run.run_dir, sets[run.seed], splits["test"])
+        source_records.analyse_sources(run.profile, run.run_dir, sets[run.seed], splits["test"], kind="adam")
         if (run.name, run.seed) == control_run(profile):
             known_answers.control_record(profile, run_dir, sets[run.seed], splits["test"])
 

@@ -33,6 +33,17 @@ pairs do), then the median over the reference sources (no single reference attri
 model and checkpoint, so arms with other losses are comparable. `leave_one_out` recomputes a share with the pairs
 of the example that carries most of the summed magnitude left out (the robustness check).
 
+Adam's readout (secondary; issue 20, added after the primary's results). With Adam's state at the same last
+checkpoint frozen (P = 1/(√v̂₀ + ε), m₀; analysis.source_brackets.adam_source_brackets), the same readout on
+
+    Q^A_k     the w²-homogeneous part of Adam's self bracket, J·D^A_k, D^A_k = P(H_{y,k} P g_{x,k} − H_{x,k} P g_{y,k})
+    Q^Ag_k    J·(P g_{x,k}), the preconditioned gradient (Adam's first-order step direction without momentum)
+
+so that a dose moves Q^A_k by exactly 2·log10 w and Q^Ag_k by log10 w (state fixed), and Q^A − 2·Q^Ag plays C5's
+part. The record also holds the momentum part M_k = P(H_{y,k} − H_{x,k}) P m₀ and Adam's whole self bracket
+(1−β1)·D^A_k + β1·M_k, whose readout has no single slope (M_k is linear in w): it is checked against the curve the two
+w = 1 parts fix (known_answers), and reported.
+
 Examples (pre-registered): the first example set (number 0) of each seed, strata "ambiguous black/brown" and
 "faint glasses", each stratum's pairs apart, the run's Q the mean of the two strata's. They are the examples the
 two bands make ambiguous, where the hypothesis says brackets are created; the unambiguous and "other" strata,
@@ -45,7 +56,8 @@ import numpy as np
 import torch
 
 from ..analysis.currency import attribute_perturbations
-from ..analysis.source_brackets import REST, Source, SourceBrackets, source_brackets, source_layout, source_terms
+from ..analysis.source_brackets import (REST, Source, SourceBrackets, adam_self_part, adam_source_brackets, source_brackets,
+                                        source_layout, source_terms)
 from ..data.attributes import ATTRIBUTES, HAIR_COLOURS
 from ..engine.brackets import bracket_mode
 from ..training.losses import MAKEUP_PAIR
@@ -127,6 +139,31 @@ def record_from(r: SourceBrackets, loss: str, batch_logits: torch.Tensor) -> dic
         out[f"{scale}|source"] = pair_magnitudes(loss, r.pushforward, batch_logits, scale)
         out[f"{scale}|first_order"] = pair_magnitudes(loss, r.first_order, batch_logits, scale)
         out[f"{scale}|bracket"] = pair_magnitudes(loss, r.bracket_pushforward[:, None], batch_logits, scale)[:, 0]
+    return out
+
+
+ADAM_PARTS = ("adam_self", "adam_first_order", "adam_momentum", "adam_full_self")   # D^A, J·Pg, M, (1−β1)D^A + β1M
+
+
+def adam_parts(r: SourceBrackets, state) -> dict:
+    """{part: [pairs or examples, sources, batch, outputs]} of ADAM_PARTS from adam_source_brackets' result."""
+    return {"adam_self": r.self_pushforward, "adam_first_order": r.first_order, "adam_momentum": r.momentum_pushforward,
+            "adam_full_self": adam_self_part(r, state)}
+
+
+def adam_source_record(model, base_loss, inputs, targets, batch, state) -> dict:
+    """source_record's analogue for Adam's split at the frozen state `state` (engine.adam.AdamState):
+    {f"{scale}|{part}": [pairs or examples, sources]} for ADAM_PARTS, and "pairs"."""
+    with bracket_mode(model), torch.no_grad():
+        batch_logits = model(batch).detach()
+    loss_fn = SourceGroups(base_loss, batch_logits.shape[1])
+    r = adam_source_brackets(model, loss_fn, inputs, targets, batch, state)
+    if tuple(r.sources) != SOURCES:
+        raise RuntimeError(f"adam_source_brackets returned the sources {r.sources}, expected {SOURCES}.")
+    out = {"pairs": np.array(r.pairs, dtype=np.int64)}
+    for scale in SCALES:
+        for part, value in adam_parts(r, state).items():
+            out[f"{scale}|{part}"] = pair_magnitudes(loss_fn.name, value, batch_logits, scale)
     return out
 
 

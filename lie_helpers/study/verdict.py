@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .contrasts import ALPHA, CONTRASTS, PAIRED, PREDICTED
-from .known_answers import CURVATURE_EXPECTED, DOSE_EXPECTED, PRIMARY_READOUTS, readouts_passed
+from .known_answers import (ADAM_DOSE_EXPECTED, ADAM_READOUTS, CURVATURE_EXPECTED, DOSE_EXPECTED, PRIMARY_READOUTS,
+                            readouts_passed)
 
 SHORT = {name: name.split(" ")[0] for name in CONTRASTS}
 
@@ -20,8 +21,8 @@ def numbers(row) -> str:
             f"Holm p {row['p_holm']:.3f}")
 
 
-def _slopes(record: dict, readout: str) -> str:
-    return ", ".join(f"{d['readouts'][readout]['slope']:+.3f} ({k})" for k, d in record["dose"].items())
+def _slopes(record: dict, readout: str, control: str = "dose") -> str:
+    return ", ".join(f"{d['readouts'][readout]['slope']:+.3f} ({k})" for k, d in record[control].items())
 
 
 def control_lines(record: dict, training: dict | None = None) -> list[str]:
@@ -168,3 +169,45 @@ def verdict(tables: dict, record: dict, n_seeds: int, *, training: dict | None =
 
 assert set(CURVATURE_EXPECTED) >= {"residual change", "J·g change (log10)", "bracket change against its closed form",
                                    "self part change (log10)"}
+
+
+def adam_lines(record: dict, adam_tables: dict | None, primary: dict) -> list[str]:
+    """What Adam's readout (secondary, issue 20) shows: its dose controls (known_answers.adam_dose_control, in
+    `record`), then, when Q^A passed (adam_tables from contrasts.adam_contrast_tables, else None), every registered
+    contrast on Q^A, and C4 on Q^A against C4 on the primary Q (`primary`: contrast_tables of the primary)."""
+    if "adam_dose" not in record:
+        return ["Adam's readout was not controlled (a control record made before its controls), so it is not read."]
+    passed = readouts_passed(record)
+    lines = []
+    for readout, short in ADAM_READOUTS.items():
+        expected, tolerance = ADAM_DOSE_EXPECTED[readout]
+        lines.append(f"Adam's readout, loss-weight dose with the checkpoint's Adam state fixed, {readout}: slope "
+                     f"{_slopes(record, readout, 'adam_dose')} in log10 w, expected {expected:g} ± {tolerance:g}: "
+                     + ("passed." if passed[short] else "FAILED: not used for any contrast."))
+    full = record["adam_dose"]
+    worst = max(d["full"]["deviation"] for d in full.values())
+    slopes = ", ".join(f"{d['full']['slope']:+.3f} ({k})" for k, d in full.items())
+    lines.append(f"Adam's whole self bracket (1−β1)·D^A + β1·M (slope {slopes}"
+                 f": no single slope, its momentum part is linear in w) matched the curve its two w = 1 parts fix to "
+                 f"{worst:.1e} log10 (tolerance {next(iter(full.values()))['full']['tolerance']:g}): "
+                 + ("passed; it is reported, not used for a contrast." if passed["Adam full"] else "FAILED."))
+    if adam_tables is None or not passed["Q^A"]:
+        return lines + ["Adam's self-share Q^A failed its known-answer control, so no contrast is read from it."]
+    adam = record["adam_dose"].get("HAIR")
+    values = adam["readouts"][next(iter(ADAM_READOUTS))]["values"] if adam else None
+    dose_step = values[1] - values[0] if values else 2 * np.log10(2)
+    for name, row in adam_tables["Q"].items():
+        if name == list(CONTRASTS)[-1] and not passed["C5^A"]:
+            lines.append(f"On Adam's readout {SHORT[name]} is not read: its statistic failed the dose control.")
+            continue
+        paired = adam_tables["against J·g"].get(name) if name in PAIRED and passed["Q^Ag"] else None
+        line = contrast_line(name, row, paired, dose_step).replace("Q_HAIR − 2·Q^g_HAIR", "Q^A_HAIR − 2·Q^Ag_HAIR").replace(
+            "self-bracket", "Adam self-bracket").replace("self-share", "Adam self-share Q^A").replace(
+            "J·g predicts", "J·Pg predicts").replace("Q − 2·Q^g", "Q^A − 2·Q^Ag").replace("against J·g", "against J·Pg")
+        lines.append("On Adam's readout, " + line)
+    c4 = next(n for n in CONTRASTS if n in PREDICTED)
+    a, p = significant(adam_tables["Q"][c4]), significant(primary["Q"][c4])
+    lines.append(f"{SHORT[c4]}, the write-up's hypothesis, reads {numbers(adam_tables['Q'][c4])} on Adam's readout and "
+                 f"{numbers(primary['Q'][c4])} on the primary (SGD) readout: "
+                 + ("the same conclusion." if a == p else "the two readouts disagree; the primary's is the registered one."))
+    return lines
