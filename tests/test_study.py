@@ -119,6 +119,20 @@ def test_shares_contrasts_and_verdict_follow_from_the_records(tiny):
     assert all(r["low"] <= r["mean"] <= r["high"] for r in old.values())
 
 
+def test_adams_whole_bracket_table_and_momentum_share_come_from_the_adam_records(tiny):
+    P, root, arms, shares, record, training, profiles, log_odds = tiny
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(design, "study_arms", lambda profile: arms)
+        whole = contrasts.adam_whole_table(P, root)
+        momentum = contrasts.adam_momentum_ratios(P, root)
+        adam = contrasts.adam_contrast_tables(P, root, record)
+    assert list(whole) == contrasts.PAIRED and all(r["low"] <= r["mean"] <= r["high"] for r in whole.values())
+    assert set(momentum) == set(sources.SOURCES) and np.isfinite([momentum[k] for k in sources.REFERENCE]).all()
+    lines = verdict.adam_lines(record, adam, contrasts.contrast_tables(shares), whole=whole, momentum=momentum)
+    assert any(line.startswith("In Adam's self bracket the momentum part") for line in lines)
+    assert lines[-1].endswith("The primary's is the registered verdict.")
+
+
 def test_unpaired_seeds_are_refused():
     q = dict.fromkeys(sources.SOURCES[:-1], 0.0)
     r = contrasts.RunShares("x", 0, q, q, q, 0.0, 0.0)

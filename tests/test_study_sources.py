@@ -266,7 +266,8 @@ def test_adams_readout_is_read_only_when_it_passed_and_c4_is_compared_with_the_p
     assert all("passed" in line for line in lines[:4])
     c4 = next(line for line in lines if line.startswith("On Adam's readout, C4:"))
     assert "raises the hair source's Adam self-share Q^A" in c4 and "what the write-up's hypothesis predicts" in c4
-    assert "the two readouts disagree" in lines[-1]
+    assert "depends on the readout: detected on Q^A (Adam's bilinear part), not on the primary" in lines[-1]
+    assert lines[-1].endswith("The primary's is the registered verdict.")
     assert known_answers.readouts_passed(with_adam(control()))["Q^A"]
     failed = verdict.adam_lines(with_adam(control(), qa_slope=0.5), None, primary)
     assert "FAILED" in failed[0] and failed[-1].startswith("Adam's self-share Q^A failed")
@@ -274,6 +275,19 @@ def test_adams_readout_is_read_only_when_it_passed_and_c4_is_compared_with_the_p
     assert "FAILED" in verdict.adam_lines(with_adam(control(), deviation=0.2), adam, primary)[3]
     assert not known_answers.readouts_passed(control())["Q^A"]          # a record without Adam's controls
     assert "not read" in verdict.adam_lines(control(), adam, primary)[0]
+
+
+def test_adams_whole_bracket_and_its_momentum_share_are_reported_beside_q_a():
+    primary = contrasts.contrast_tables(planted({}, noise=0.6, seed=4))
+    adam = contrasts.contrast_tables(planted({"independent": {HAIR: 0.8}}))            # J·Pg's C4 moves too
+    whole = adam["Q"]
+    momentum = {**{k: 3.0 for k in sources.REFERENCE}, HAIR: 1.0, sources.GLASSES: 0.2}
+    lines = verdict.adam_lines(with_adam(control()), adam, primary, whole=whole, momentum=momentum)
+    share = next(line for line in lines if line.startswith("In Adam's self bracket"))
+    assert "outweighs" in share and "+3.0 on the reference sources" in share and "not Adam's bracket as a whole" in share
+    assert any(line.startswith("On Adam's whole self bracket (reported") for line in lines)
+    assert "a bracket's C4 may be first order" in lines[-1]
+    assert "a check of the code" in next(line for line in lines if line.startswith("Adam's whole self bracket"))
 
 
 def test_softmax_group_losses_keep_their_groups_as_one_source():

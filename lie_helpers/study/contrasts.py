@@ -178,3 +178,29 @@ def adam_contrast_tables(profile: Profile, run_dir, record: dict, sets=None, alp
     if not readouts_passed(record)["Q^A"]:
         return None
     return contrast_tables(study_shares(profile, run_dir, SCALE, sets, kind="adam"), alpha)
+
+
+def adam_whole_table(profile: Profile, run_dir, sets=None, alpha: float = ALPHA) -> dict:
+    """C1–C4 on the share of Adam's whole self bracket (1−β1)·D^A + β1·M (reported, not decisive: its momentum part
+    is linear in a loss-weight dose, so no single slope is known in advance), paired by seed, Holm over the four."""
+    runs = study_shares(profile, run_dir, SCALE, sets, kind="adam")
+    return stats.sign_flip_contrasts(family(runs, "S", PAIRED), 1 - alpha)
+
+
+def adam_momentum_ratios(profile: Profile, run_dir, sets=None) -> dict:
+    """{source: log10 of β1·|J·M| over (1−β1)·|J·D^A|}: per run and stratum the ratio of the two parts' medians over
+    pairs (Fisher scale), then the median over every run and stratum. How much of Adam's self bracket Q^A reads."""
+    sets = sets if sets is not None else study_sets(profile)[0]
+    beta1 = profile.betas[0]
+    logs = {k: [] for k in SOURCES}
+    for arm in design.study_arms(profile):
+        for seed in arm.seeds:
+            record = load_source_record(arm_profile(profile, arm, seed), arm_run_dir(run_dir, arm, seed), sets[seed], "adam")
+            for stratum in SOURCE_STRATA:
+                r = record[stratum]
+                with np.errstate(divide="ignore"):
+                    ratio = np.log10(beta1 * np.median(r[f"{SCALE}|adam_momentum"], axis=0)) - np.log10(
+                        (1 - beta1) * np.median(r[f"{SCALE}|adam_self"], axis=0))
+                for k, value in zip(SOURCES, ratio):
+                    logs[k].append(float(value))
+    return {k: float(np.median(v)) for k, v in logs.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .contrasts import ALPHA, CONTRASTS, PAIRED, PREDICTED
+from .sources import GLASSES, HAIR, REFERENCE
 from .known_answers import (ADAM_DOSE_EXPECTED, ADAM_READOUTS, CURVATURE_EXPECTED, DOSE_EXPECTED, PRIMARY_READOUTS,
                             readouts_passed)
 
@@ -171,10 +172,13 @@ assert set(CURVATURE_EXPECTED) >= {"residual change", "J·g change (log10)", "br
                                    "self part change (log10)"}
 
 
-def adam_lines(record: dict, adam_tables: dict | None, primary: dict) -> list[str]:
+def adam_lines(record: dict, adam_tables: dict | None, primary: dict, whole: dict | None = None,
+               momentum: dict | None = None) -> list[str]:
     """What Adam's readout (secondary, issue 20) shows: its dose controls (known_answers.adam_dose_control, in
-    `record`), then, when Q^A passed (adam_tables from contrasts.adam_contrast_tables, else None), every registered
-    contrast on Q^A, and C4 on Q^A against C4 on the primary Q (`primary`: contrast_tables of the primary)."""
+    `record`); how much of Adam's self bracket Q^A reads (`momentum`: contrasts.adam_momentum_ratios); when Q^A
+    passed (adam_tables from contrasts.adam_contrast_tables, else None), every registered contrast on Q^A; C1–C4 on
+    Adam's whole self bracket (`whole`: contrasts.adam_whole_table; no single-slope control, reported); and C4 on
+    every readout beside the primary's (`primary`: contrast_tables of the primary)."""
     if "adam_dose" not in record:
         return ["Adam's readout was not controlled (a control record made before its controls), so it is not read."]
     passed = readouts_passed(record)
@@ -190,7 +194,17 @@ def adam_lines(record: dict, adam_tables: dict | None, primary: dict) -> list[st
     lines.append(f"Adam's whole self bracket (1−β1)·D^A + β1·M (slope {slopes}"
                  f": no single slope, its momentum part is linear in w) matched the curve its two w = 1 parts fix to "
                  f"{worst:.1e} log10 (tolerance {next(iter(full.values()))['full']['tolerance']:g}): "
-                 + ("passed; it is reported, not used for a contrast." if passed["Adam full"] else "FAILED."))
+                 + ("passed, a check of the code (exact by construction at weights that are powers of 2), not a "
+                    "known-answer control of a readout." if passed["Adam full"] else "FAILED."))
+    if momentum is not None:
+        reference = float(np.median([momentum[k] for k in REFERENCE]))
+        relation = ("outweighs" if reference > 0.5 else "is outweighed by" if reference < -0.5 else "is comparable with")
+        lines.append(f"In Adam's self bracket the momentum part β1·M {relation} the bilinear part (1−β1)·D^A that Q^A "
+                     f"reads: log10 of their ratio, median over runs and strata, {reference:+.1f} on the reference "
+                     f"sources (from {min(momentum[k] for k in REFERENCE):+.1f} to {max(momentum[k] for k in REFERENCE):+.1f}), "
+                     f"{momentum[HAIR]:+.1f} on HAIR, {momentum[GLASSES]:+.1f} on GLASSES"
+                     + (". So Q^A reads the part of Adam's bracket a dose scales by w², not Adam's bracket as a whole."
+                        if reference > 0.5 else "."))
     if adam_tables is None or not passed["Q^A"]:
         return lines + ["Adam's self-share Q^A failed its known-answer control, so no contrast is read from it."]
     adam = record["adam_dose"].get("HAIR")
@@ -206,8 +220,23 @@ def adam_lines(record: dict, adam_tables: dict | None, primary: dict) -> list[st
             "J·g predicts", "J·Pg predicts").replace("Q − 2·Q^g", "Q^A − 2·Q^Ag").replace("against J·g", "against J·Pg")
         lines.append("On Adam's readout, " + line)
     c4 = next(n for n in CONTRASTS if n in PREDICTED)
-    a, p = significant(adam_tables["Q"][c4]), significant(primary["Q"][c4])
-    lines.append(f"{SHORT[c4]}, the write-up's hypothesis, reads {numbers(adam_tables['Q'][c4])} on Adam's readout and "
-                 f"{numbers(primary['Q'][c4])} on the primary (SGD) readout: "
-                 + ("the same conclusion." if a == p else "the two readouts disagree; the primary's is the registered one."))
+    if whole is not None:
+        lines.append("On Adam's whole self bracket (reported: no single-slope known answer) "
+                     + "; ".join(f"{SHORT[n]} reads {numbers(row)}" for n, row in whole.items()) + ".")
+    readings = {"the primary (SGD) readout Q": primary["Q"][c4], "Q^A (Adam's bilinear part)": adam_tables["Q"][c4],
+                **({"Adam's whole self bracket": whole[c4]} if whole is not None else {}),
+                "Q^Ag (J·Pg)": adam_tables["Q^g"][c4]}
+    detected = [name for name, row in readings.items() if significant(row) > 0]
+    brackets = [name for name in detected if name != "Q^Ag (J·Pg)"]
+    verdict = ("no readout detects it" if not detected else
+               "every readout detects it" if len(detected) == len(readings) else
+               "the conclusion depends on the readout: detected on " + ", ".join(detected) + ", not on "
+               + ", ".join(n for n in readings if n not in detected))
+    lines.append(f"{SHORT[c4]}, the write-up's hypothesis: " + "; ".join(f"{numbers(row)} on {name}"
+                                                                         for name, row in readings.items())
+                 + f". {verdict[0].upper() + verdict[1:]}"
+                 + ("; where J·Pg's C4 is detected too, a bracket's C4 may be first order (the arms' Adam states and "
+                    "gradient scales differ), so a detection on a bracket readout is not yet support for the hypothesis"
+                    if brackets and "Q^Ag (J·Pg)" in detected else "")
+                 + ". The primary's is the registered verdict.")
     return lines
